@@ -1,0 +1,1 @@
+"""One module per ``ct2mri-node`` sub-command; each exposes ``register(subparsers)``."""

@@ -1,0 +1,1 @@
+"""The synthetic MR series: deterministic UIDs, encoding, and sending to destinations."""

@@ -1,0 +1,1 @@
+"""Durable job records, the worker that runs them, and the pipeline that joins the stages."""

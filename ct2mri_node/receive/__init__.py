@@ -1,0 +1,1 @@
+"""The DICOM SCP, the durable spool and series completion."""

@@ -1,0 +1,1 @@
+"""Training data (phantoms, SynthRAD layout), training runs and evaluation."""

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Install ct2mri-node and everything its tests need on a fresh Debian 12 machine.
+# Creates ./.venv (Python 3.11+) and installs the Debian peers used by the tests (dcmtk, orthanc).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    need=""
+    command -v storescu >/dev/null 2>&1 || need="$need dcmtk"
+    command -v Orthanc >/dev/null 2>&1 || need="$need orthanc"
+    command -v ip >/dev/null 2>&1 || need="$need iproute2"
+    if [ -n "$need" ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need >/dev/null
+    fi
+fi
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# torch first and pinned: that version is a local CPU wheel; an unpinned torch (or MONAI
+# installed first) would pull a multi-GB CUDA build.
+.venv/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
+.venv/bin/python -m pip install -q -e ".[test]"
+echo "ct2mri-node installed in $(pwd)/.venv"
