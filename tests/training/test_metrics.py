@@ -1,0 +1,111 @@
+"""SynthRAD-style masked metrics on inputs whose answers are known."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from ct2mri_node.errors import DataError
+from ct2mri_node.training.metrics import (
+    PSNR_CAP_DB,
+    compare,
+    gaussian_filter,
+    gaussian_kernel,
+    masked_mae,
+    masked_psnr,
+    masked_ssim,
+    normalise,
+)
+
+
+@pytest.fixture()
+def volume() -> tuple[np.ndarray, np.ndarray]:
+    """A smooth random volume in [0, 1] (normalised units) and a box mask inside it."""
+    rng = np.random.default_rng(7)
+    vol = gaussian_filter(rng.random((16, 20, 24)), 1.5)
+    vol = (vol - vol.min()) / (vol.max() - vol.min())
+    mask = np.zeros(vol.shape, dtype=bool)
+    mask[2:-2, 3:-3, 3:-3] = True
+    return vol, mask
+
+
+def test_identical_volumes_score_perfectly(volume: tuple[np.ndarray, np.ndarray]) -> None:
+    vol, mask = volume
+    result = compare(vol * 900 + 30, vol * 900 + 30, mask)
+    assert result.mae == 0.0
+    assert result.psnr == PSNR_CAP_DB
+    assert result.ssim == pytest.approx(1.0, abs=1e-12)
+
+
+def test_constant_offset_gives_known_mae_and_psnr(volume: tuple[np.ndarray, np.ndarray]) -> None:
+    vol, mask = volume
+    data_range = float(vol[mask].max() - vol[mask].min())
+    assert masked_mae(vol, vol + 0.1, mask) == pytest.approx(0.1)
+    expected = 10 * math.log10(data_range**2 / 0.01)
+    assert masked_psnr(vol, vol + 0.1, mask) == pytest.approx(expected)
+    assert masked_psnr(vol, vol - 0.1, mask, data_range=1.0) == pytest.approx(20.0)
+
+
+def test_differences_outside_the_mask_do_not_count(volume: tuple[np.ndarray, np.ndarray]) -> None:
+    vol, mask = volume
+    other = np.where(mask, vol, 5.0)
+    assert masked_mae(vol, other, mask) == 0.0
+    assert masked_psnr(vol, other, mask) == PSNR_CAP_DB
+
+
+def test_normalisation_removes_gain_and_offset(volume: tuple[np.ndarray, np.ndarray]) -> None:
+    vol, mask = volume
+    result = compare(vol, 3.0 * vol + 200.0, mask)
+    assert result.mae == pytest.approx(0.0, abs=1e-12)
+    assert result.ssim == pytest.approx(1.0, abs=1e-9)
+    norm = normalise(vol * 7, mask)
+    assert norm.min() == 0.0 and norm.max() == 1.0
+    assert np.mean(norm[mask] == 0.0) == pytest.approx(0.01, abs=0.01)
+
+
+def test_noise_lowers_ssim_and_psnr_monotonically(volume: tuple[np.ndarray, np.ndarray]) -> None:
+    vol, mask = volume
+    rng = np.random.default_rng(1)
+    noise = rng.standard_normal(vol.shape)
+    scores = [compare(vol, vol + level * noise, mask) for level in (0.02, 0.1, 0.3)]
+    assert 1.0 > scores[0].ssim > scores[1].ssim > scores[2].ssim
+    assert scores[0].psnr > scores[1].psnr > scores[2].psnr
+    assert scores[0].mae < scores[1].mae < scores[2].mae
+
+
+def test_ssim_of_unrelated_volumes_is_low(volume: tuple[np.ndarray, np.ndarray]) -> None:
+    vol, mask = volume
+    other = np.random.default_rng(5).random(vol.shape)
+    assert masked_ssim(vol, other, mask, 1.0) < 0.5  # luminance alone keeps it above 0
+
+
+def test_constant_prediction_scores_badly_without_failing(volume: tuple[np.ndarray, np.ndarray]) -> None:
+    vol, mask = volume
+    result = compare(vol, np.full(vol.shape, 12.0), mask)
+    assert math.isfinite(result.mae) and math.isfinite(result.psnr) and math.isfinite(result.ssim)
+    assert result.ssim < 0.5
+
+
+def test_bad_inputs_raise_data_errors(volume: tuple[np.ndarray, np.ndarray]) -> None:
+    vol, mask = volume
+    with pytest.raises(DataError, match="same shape"):
+        compare(vol, vol[:-1], mask)
+    with pytest.raises(DataError, match="mask is empty"):
+        compare(vol, vol, np.zeros_like(mask))
+    with pytest.raises(DataError, match="constant"):
+        compare(np.ones_like(vol), vol, mask)
+
+
+def test_gaussian_filter_keeps_constants_and_mass() -> None:
+    kernel = gaussian_kernel(1.5)
+    assert len(kernel) == 11 and kernel.sum() == pytest.approx(1.0)
+    const = np.full((5, 6, 7), 3.0)
+    np.testing.assert_allclose(gaussian_filter(const, (1.5, 0.0, 4.0)), const)
+    impulse = np.zeros((1, 1, 41))
+    impulse[0, 0, 20] = 1.0
+    smoothed = gaussian_filter(impulse, (0.0, 0.0, 2.0))
+    assert smoothed.sum() == pytest.approx(1.0)
+    assert smoothed[0, 0, 20] == pytest.approx(kernel_peak := gaussian_kernel(2.0).max())
+    assert kernel_peak < 0.25
