@@ -1,0 +1,115 @@
+"""``ct2mri-node translate``: one CT DICOM series in a folder -> a synthetic MR series in another.
+
+The same pipeline as the node's worker, without the send step. The CT is checked before the
+model is loaded, so unusable input fails fast with a message saying what is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser(
+        "translate",
+        help="translate a CT DICOM series into a synthetic MR series (NOT FOR DIAGNOSIS)",
+        description="Read one CT series from a folder (any file names, any order), translate it "
+        "with the model and write one synthetic MR Image Storage file per CT slice, on the CT's "
+        "grid and frame of reference, labelled as synthetic and not for diagnosis.",
+    )
+    parser.add_argument("--input", required=True, type=Path, help="folder holding one CT series")
+    parser.add_argument("--output", required=True, type=Path, help="folder to write the MR series into")
+    parser.add_argument("--checkpoint", default="bundled",
+                        help="checkpoint directory, or 'bundled' for the demonstration model (default)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim", help="sampler (default ddim)")
+    parser.add_argument("--min-slices", type=int, default=8, help="fewest CT slices accepted (default 8)")
+    parser.add_argument("--series-number-offset", type=int, default=1000,
+                        help="MR SeriesNumber = CT SeriesNumber + this (default 1000)")
+    parser.set_defaults(func=run)
+
+
+class _LazyTranslator:
+    """Loads the model on the first ``translate`` call, i.e. only after the CT was accepted."""
+
+    def __init__(self, checkpoint: str, settings: Any) -> None:
+        self._checkpoint = checkpoint
+        self._settings = settings
+        self.translator: Any = None
+
+    def translate(self, ct_hu: np.ndarray, spacing: tuple[float, float, float],
+                  progress: Callable[[int, int], None] | None = None) -> Any:
+        if self.translator is None:
+            from ..model.translator import Translator
+
+            self.translator = Translator(self._checkpoint, self._settings)
+        return self.translator.translate(ct_hu, spacing, progress)
+
+
+def input_files(folder: Path) -> list[Path]:
+    """Every regular file under ``folder`` (recursively), or an InputError saying why not."""
+    if not folder.exists():
+        raise InputError(f"--input {folder} does not exist; give the folder holding the CT series")
+    if folder.is_file():
+        return [folder]
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise InputError(f"--input {folder} is empty; give the folder holding the CT series")
+    return files
+
+
+def _options(args: argparse.Namespace) -> Any:
+    from ..deliver.encode import EncodeOptions
+    from ..jobs.pipeline import PipelineOptions
+    from ..volume.assemble import VolumeLimits
+
+    if args.steps < 1 or args.min_slices < 1:
+        raise ConfigError("--steps and --min-slices must be at least 1")
+    try:
+        encode = EncodeOptions(series_number_offset=args.series_number_offset)
+    except ValueError as exc:
+        raise ConfigError(f"--series-number-offset: {exc}") from exc
+    return PipelineOptions(limits=VolumeLimits(min_slices=args.min_slices), encode=encode)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..jobs.pipeline import run_pipeline, write_series
+    from ..model.translator import TranslationSettings
+    from ..volume.assemble import read_series
+
+    options = _options(args)
+    start = time.perf_counter()
+    datasets = read_series(input_files(args.input))
+    if not datasets:
+        raise InputError(f"--input {args.input} holds no DICOM files; give a CT DICOM series")
+    settings = TranslationSettings(steps=args.steps, sampler=args.sampler, seed=args.seed,
+                                   device=args.device)
+    translator = _LazyTranslator(args.checkpoint, settings)
+    outcome = run_pipeline(datasets, translator, options)
+    paths = write_series(outcome.datasets, args.output)
+    seconds = time.perf_counter() - start
+    result = outcome.translation
+    print(f"synthetic MR series {outcome.datasets[0].SeriesInstanceUID} (NOT FOR DIAGNOSIS)")
+    print(f"  from CT series {outcome.volume.series_instance_uid}, "
+          f"{len(paths)} instances in {args.output}")
+    print(f"  model {result.model.name} {result.model.version}, {result.settings.sampler} "
+          f"{result.settings.steps} steps, seed {result.settings.seed}, device {result.device}")
+    print(f"  time {seconds:.1f} s (sampling {result.seconds:.1f} s, "
+          f"{result.network_evaluations} network evaluations)")
+    for note in outcome.volume.notes:
+        print(f"  note: {note}")
+    return 0

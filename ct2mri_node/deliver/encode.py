@@ -1,0 +1,397 @@
+"""The synthetic MR series: one MR Image Storage instance per CT slice, on the CT's own grid.
+
+Implements the labelling and reference profile of ``shared/DICOM-OUTPUT.md``: patient and study
+copied byte for byte with their character set, the CT's frame of reference, deterministic UIDs,
+"synthetic and derived" said in every way DICOM offers, references to every source CT slice,
+contributing equipment for our node and for the scanner, no invented MR acquisition parameters
+and no CT-only attributes. A pure function: values in, datasets out (no I/O, no torch).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from pydicom.charset import convert_encodings
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage
+from pydicom.valuerep import PersonName, format_number_as_ds
+
+from .. import __version__
+from ..errors import ModelError
+from .uids import derive_output_uids
+
+if TYPE_CHECKING:  # deliver/ never imports the model (and torch) at run time
+    from ..model.translator import TranslationResult
+    from ..volume.assemble import CTVolume, SliceSource
+
+log = logging.getLogger(__name__)
+
+#: Study attributes copied from the CT (General Study module and its common extras).
+STUDY_TAGS: tuple[int, ...] = (
+    0x0020000D,  # StudyInstanceUID
+    0x00080020,  # StudyDate
+    0x00080030,  # StudyTime
+    0x00200010,  # StudyID
+    0x00080050,  # AccessionNumber
+    0x00080051,  # IssuerOfAccessionNumberSequence
+    0x00080090,  # ReferringPhysicianName
+    0x00081030,  # StudyDescription
+    0x00081048,  # PhysiciansOfRecord
+    0x00081032,  # ProcedureCodeSequence
+)
+#: De-identification attributes that travel with the patient module.
+DEIDENTIFICATION_TAGS: tuple[int, ...] = (0x00120062, 0x00120063, 0x00120064)
+#: Series-level attributes copied because the grid is the CT's.
+SERIES_TAGS: tuple[int, ...] = (
+    0x00185100,  # PatientPosition
+    0x00180015,  # BodyPartExamined
+    0x00200052,  # FrameOfReferenceUID
+    0x00201040,  # PositionReferenceIndicator
+)
+_HEAD_PARTS = frozenset({"HEAD", "BRAIN", "SKULL", "HEADNECK", "FACE"})
+_CHARSET_VRS = frozenset({"LO", "LT", "SH", "ST", "UC", "UT"})
+
+SYNTHESIZING = ("109100", "DCM", "Synthesizing Equipment")
+ACQUISITION = ("109101", "DCM", "Acquisition Equipment")
+SOURCE_IMAGE = ("121322", "DCM", "Source image for image processing operation")
+SOURCE_SERIES = ("121323", "DCM", "Source series for image processing operation")
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """How the synthetic MR series is labelled (values only; nothing here changes pixels)."""
+
+    series_number_offset: int = 1000
+    node_version: str = __version__
+    manufacturer: str = "ct2mri-node"
+    description_prefix: str = "SYNTHETIC MR - NOT FOR DIAGNOSIS"
+    burned_in_watermark: bool = False          # True when a visible label is burned in
+    contribution_datetime: dt.datetime | None = None   # None: now (UTC)
+
+    def __post_init__(self) -> None:
+        if not self.description_prefix.startswith("SYNTHETIC MR - NOT FOR DIAGNOSIS"):
+            raise ValueError("description_prefix must start with 'SYNTHETIC MR - NOT FOR DIAGNOSIS'")
+        if len(self.description_prefix) > 64 or not self.description_prefix.isascii():
+            raise ValueError("description_prefix must be ASCII, at most 64 characters")
+        if not 0 <= self.series_number_offset < 2**30:
+            raise ValueError("series_number_offset must be in [0, 2**30)")
+
+
+def encode_series(
+    ct: CTVolume, result: TranslationResult, options: EncodeOptions = EncodeOptions()
+) -> list[Dataset]:
+    """One MR Image Storage dataset per CT slice, in CT slice order (InstanceNumber 1..n)."""
+    mr = _checked_pixels(ct, result)
+    uids = derive_output_uids(
+        ct.series_instance_uid,
+        [_source_key(s) for s in ct.slices],
+        result.model.weight_hash,
+        pixel_settings(result),
+    )
+    when = options.contribution_datetime or dt.datetime.now(dt.timezone.utc)
+    series = _series_dataset(ct, result, options, uids.series_instance_uid, when)
+    datasets = []
+    for index, source in enumerate(ct.slices):
+        ds = _slice_dataset(series, ct, index, source, mr[index], uids.sop_instance_uids[index])
+        datasets.append(ds)
+    log.info("encoded synthetic MR series %s: %d instances from CT series %s",
+             uids.series_instance_uid, len(datasets), ct.series_instance_uid)
+    return datasets
+
+
+def pixel_settings(result: TranslationResult) -> tuple[object, ...]:
+    """The settings that change the pixels, in a fixed order (they enter the UIDs)."""
+    s = result.settings
+    return (result.model.architecture, s.sampler, s.steps, s.seed, s.overlap)
+
+
+def _source_key(source: SliceSource) -> str:
+    if source.frame_number is None:
+        return source.sop_instance_uid
+    return f"{source.sop_instance_uid}#{source.frame_number}"
+
+
+def _checked_pixels(ct: CTVolume, result: TranslationResult) -> np.ndarray:
+    """The MR array as uint16 in 0..4095 on exactly the CT's grid, or a ModelError."""
+    mr = np.asarray(result.mr)
+    if mr.shape != ct.hu.shape:
+        raise ModelError(f"the model returned a {mr.shape} volume for a {ct.hu.shape} CT; "
+                         "the synthetic MR must lie on the CT's grid")
+    if len(ct.slices) != mr.shape[0]:
+        raise ModelError(f"{len(ct.slices)} source slices for {mr.shape[0]} MR slices")
+    if mr.size and (mr.min() < 0 or mr.max() > 4095 or not np.issubdtype(mr.dtype, np.integer)):
+        raise ModelError("the model returned MR values outside 0..4095 (12-bit unsigned)")
+    return mr.astype(np.uint16, copy=False)
+
+
+# --- series-level attributes ------------------------------------------------------------------
+
+def _series_dataset(ct: CTVolume, result: TranslationResult, options: EncodeOptions,
+                    series_uid: str, when: dt.datetime) -> Dataset:
+    """Everything that is the same on every instance of the MR series."""
+    ds = Dataset()
+    copy_elements(ct.header, ds, [0x00080005])  # SpecificCharacterSet, as received
+    copy_elements(ct.header, ds, [t for t in ct.header.keys() if t.group == 0x0010])
+    copy_elements(ct.header, ds, DEIDENTIFICATION_TAGS + STUDY_TAGS + SERIES_TAGS)
+    for keyword in ("StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName",
+                    "StudyID", "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+                    "PatientPosition", "PositionReferenceIndicator"):
+        if keyword not in ds:
+            setattr(ds, keyword, "")  # type 2: present, empty
+    ds.FrameOfReferenceUID = ct.frame_of_reference_uid
+    date, time = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
+    ds.SOPClassUID = MRImageStorage
+    ds.SyntheticData = "YES"
+    ds.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
+    ds.Modality = "MR"
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesNumber = _series_number(ct, options)
+    ds.SeriesDescription = options.description_prefix
+    ds.SeriesDate = ds.ContentDate = date
+    ds.SeriesTime = ds.ContentTime = time
+    _equipment(ds, result, options)
+    _labels(ds, ct, result)
+    _references(ds, ct)
+    _contributing_equipment(ds, ct, result, options, when)
+    _pixel_description(ds, ct, result, options)
+    _mr_acquisition(ds)
+    return ds
+
+
+def _series_number(ct: CTVolume, options: EncodeOptions) -> int:
+    try:
+        ct_number = int(ct.header.get("SeriesNumber") or 0)
+    except (TypeError, ValueError):
+        ct_number = 0
+    return (ct_number + options.series_number_offset) % (2**31 - 1)
+
+
+def _equipment(ds: Dataset, result: TranslationResult, options: EncodeOptions) -> None:
+    model = result.model
+    ds.Manufacturer = _lo(options.manufacturer)
+    ds.ManufacturerModelName = _lo(model.name)
+    ds.SoftwareVersions = [_lo(f"ct2mri-node {options.node_version}"),
+                           _lo(f"{model.name} {model.version}")]
+
+
+def _labels(ds: Dataset, ct: CTVolume, result: TranslationResult) -> None:
+    """Say in words that the image is synthetic, and how it was made."""
+    model, settings = result.model, result.settings
+    ds.ImageComments = (
+        "SYNTHETIC IMAGE: generated from a CT series by a machine-learning model "
+        f"({_ascii(model.name)} {_ascii(model.version)}) in ct2mri-node. It is not an acquired "
+        "MR image and is NOT FOR DIAGNOSTIC USE."
+    )
+    ds.DerivationDescription = _ascii(
+        f"Synthetic MR computed from CT series {ct.series_instance_uid} by model {model.name} "
+        f"{model.version} ({model.architecture}, weights sha256 {model.weight_hash}); "
+        f"{settings.sampler} sampler, {settings.steps} steps, seed {settings.seed}; global "
+        "normalisation and automatic contrast enhancement; on the CT's own voxel grid."
+    )[:1024]
+
+
+def _references(ds: Dataset, ct: CTVolume) -> None:
+    """RelatedSeriesSequence (General Series) and ReferencedSeriesSequence (Common Instance Ref.)."""
+    related = Dataset()
+    related.StudyInstanceUID = ct.header.StudyInstanceUID
+    related.SeriesInstanceUID = ct.series_instance_uid
+    related.PurposeOfReferenceCodeSequence = [_code(*SOURCE_SERIES)]
+    ds.RelatedSeriesSequence = [related]
+    referenced = Dataset()
+    referenced.SeriesInstanceUID = ct.series_instance_uid
+    instances: dict[str, Dataset] = {}
+    for source in ct.slices:
+        if source.sop_instance_uid not in instances:
+            item = Dataset()
+            item.ReferencedSOPClassUID = source.sop_class_uid
+            item.ReferencedSOPInstanceUID = source.sop_instance_uid
+            instances[source.sop_instance_uid] = item
+    referenced.ReferencedInstanceSequence = list(instances.values())
+    ds.ReferencedSeriesSequence = [referenced]
+
+
+def _contributing_equipment(ds: Dataset, ct: CTVolume, result: TranslationResult,
+                            options: EncodeOptions, when: dt.datetime) -> None:
+    """Our node and model (Synthesizing) and the CT scanner (Acquisition)."""
+    model, settings = result.model, result.settings
+    ours = Dataset()
+    ours.PurposeOfReferenceCodeSequence = [_code(*SYNTHESIZING)]
+    ours.Manufacturer = _lo(options.manufacturer)
+    ours.ManufacturerModelName = _lo(model.name)
+    ours.SoftwareVersions = [_lo(f"ct2mri-node {options.node_version}"),
+                             _lo(f"{model.name} {model.version}")]
+    ours.ContributionDateTime = when.strftime("%Y%m%d%H%M%S%z")
+    ours.ContributionDescription = _ascii(
+        f"Synthetic MR by {model.name} {model.version} ({model.architecture}), weights sha256 "
+        f"{model.weight_hash}, {settings.sampler} {settings.steps} steps, seed {settings.seed}"
+    )[:1024]
+    scanner = Dataset()
+    scanner.PurposeOfReferenceCodeSequence = [_code(*ACQUISITION)]
+    copy_elements(ct.header, scanner, (0x00080070, 0x00081090, 0x00181000, 0x00181020,
+                                       0x00080080))
+    if not scanner.get("Manufacturer"):
+        scanner.Manufacturer = "UNKNOWN"   # type 1 in this sequence; the CT left it empty
+    ds.ContributingEquipmentSequence = [ours, scanner]
+
+
+def _pixel_description(ds: Dataset, ct: CTVolume, result: TranslationResult,
+                       options: EncodeOptions) -> None:
+    """Image pixel, VOI and General Image attributes that do not vary per slice."""
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = int(ct.hu.shape[1]), int(ct.hu.shape[2])
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.WindowCenter = format_number_as_ds(float(result.window_center))
+    ds.WindowWidth = format_number_as_ds(max(1.0, float(result.window_width)))
+    ds.PixelSpacing = [format_number_as_ds(float(v)) for v in ct.spacing[1:]]
+    ds.ImageOrientationPatient = [format_number_as_ds(float(v)) for v in ct.orientation]
+    ds.SliceThickness = _slice_thickness(ct)
+    ds.PatientOrientation = ""
+    ds.ImageLaterality = "U"
+    ds.BurnedInAnnotation = "YES" if options.burned_in_watermark else "NO"
+    features = ct.header.get("RecognizableVisualFeatures")
+    if features:
+        ds.RecognizableVisualFeatures = features
+    elif str(ct.header.get("BodyPartExamined", "")).upper() in _HEAD_PARTS:
+        ds.RecognizableVisualFeatures = "YES"
+    _lossy(ds, ct)
+
+
+def _slice_thickness(ct: CTVolume) -> str:
+    """The CT's own SliceThickness when it has one, else the slice spacing."""
+    value = ct.header.get("SliceThickness")
+    try:
+        return format_number_as_ds(float(value)) if value not in (None, "") else \
+            format_number_as_ds(float(ct.spacing[0]))
+    except (TypeError, ValueError):
+        return format_number_as_ds(float(ct.spacing[0]))
+
+
+def _lossy(ds: Dataset, ct: CTVolume) -> None:
+    if not ct.lossy:
+        ds.LossyImageCompression = "00"
+        return
+    ds.LossyImageCompression = "01"
+    ds.LossyImageCompressionMethod = list(ct.lossy_methods) or ["UNKNOWN"]
+    ratio = ct.header.get("LossyImageCompressionRatio")
+    if ratio:
+        ds.LossyImageCompressionRatio = ratio
+
+
+def _mr_acquisition(ds: Dataset) -> None:
+    """Type 1 values that say 'research mode, no real sequence'; type 2 present and empty."""
+    ds.ScanningSequence = "RM"
+    ds.SequenceVariant = "NONE"
+    ds.ScanOptions = ""
+    ds.MRAcquisitionType = ""
+    ds.RepetitionTime = None
+    ds.EchoTime = None
+    ds.EchoTrainLength = None
+
+
+# --- per-slice attributes ---------------------------------------------------------------------
+
+def _slice_dataset(series: Dataset, ct: CTVolume, index: int, source: SliceSource,
+                   pixels: np.ndarray, sop_instance_uid: str) -> Dataset:
+    """One instance: the series attributes plus position, references and pixels."""
+    ds = copy.deepcopy(series)
+    ds.SOPInstanceUID = sop_instance_uid
+    ds.InstanceNumber = index + 1
+    ds.ImagePositionPatient = [format_number_as_ds(float(v)) for v in source.position]
+    ds.SliceLocation = format_number_as_ds(_slice_location(ct, source))
+    ds.SourceImageSequence = [_source_image(source)]
+    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = f"CT2MRI_{__version__}"[:16]
+    ds.file_meta = meta
+    return ds
+
+
+def _slice_location(ct: CTVolume, source: SliceSource) -> float:
+    normal = np.cross(np.asarray(ct.orientation[:3]), np.asarray(ct.orientation[3:]))
+    return round(float(np.dot(np.asarray(source.position), normal)), 6) + 0.0
+
+
+def _source_image(source: SliceSource) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = source.sop_class_uid
+    item.ReferencedSOPInstanceUID = source.sop_instance_uid
+    if source.frame_number is not None:
+        item.ReferencedFrameNumber = source.frame_number
+    item.PurposeOfReferenceCodeSequence = [_code(*SOURCE_IMAGE)]
+    item.SpatialLocationsPreserved = "YES"
+    return item
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue = value
+    item.CodingSchemeDesignator = scheme
+    item.CodeMeaning = meaning
+    return item
+
+
+def _ascii(text: str) -> str:
+    """Our own text in the default repertoire (valid under any Specific Character Set)."""
+    return "".join(c if 32 <= ord(c) < 127 else "?" for c in str(text)).replace("\\", "/")
+
+
+def _lo(text: str) -> str:
+    return _ascii(text)[:64]
+
+
+def copy_elements(source: Dataset, target: Dataset, tags: Iterable[int | BaseTag]) -> None:
+    """Copy each of ``tags`` present in ``source`` into ``target``, text as its received bytes.
+
+    Decoding and re-encoding can change bytes (for ISO 2022, the choice of escape sequences),
+    so character-set dependent text that arrived undecoded is copied as its raw bytes.
+    """
+    encodings = convert_encodings(source.get("SpecificCharacterSet") or "ISO_IR 6")
+    for tag in tags:
+        tag = Tag(tag)
+        if tag not in source:
+            continue
+        element = source.get_item(tag)
+        if isinstance(element, RawDataElement):
+            target[tag] = _from_raw(source, element, encodings)
+        else:
+            target[tag] = copy.deepcopy(element)
+
+
+def _from_raw(source: Dataset, raw: RawDataElement, encodings: Sequence[str]) -> DataElement:
+    """A DataElement carrying ``raw``'s exact bytes where they depend on the character set."""
+    vr = raw.VR or _dictionary_vr(raw.tag)
+    value = raw.value if raw.value is not None else b""
+    if vr == "PN" and value:
+        return DataElement(raw.tag, vr, PersonName(value, encodings=list(encodings)))
+    if vr in _CHARSET_VRS and isinstance(value, bytes) and not value.isascii():
+        return DataElement(raw.tag, vr, value)
+    return copy.deepcopy(source[raw.tag])  # ASCII text, numbers, dates, sequences
+
+
+def _dictionary_vr(tag: BaseTag) -> str:
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return "UN"
+
+
+__all__ = ["EncodeOptions", "encode_series", "pixel_settings", "copy_elements"]

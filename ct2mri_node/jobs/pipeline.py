@@ -1,0 +1,123 @@
+"""Where the stages meet: CT datasets -> volume -> translator -> synthetic MR datasets -> files.
+
+The node's worker and the offline ``ct2mri-node translate`` command both call
+:func:`translate_series`; the translator is passed in (loaded once by the caller), so this
+module never imports the model or torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from pydicom.dataset import Dataset
+
+from ..deliver.encode import EncodeOptions, encode_series
+from ..deliver.uids import is_valid_uid
+from ..errors import InputError, SpoolError
+from ..volume.assemble import CTVolume, VolumeLimits, assemble
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..model.translator import TranslationResult
+
+log = logging.getLogger(__name__)
+
+
+class SupportsTranslate(Protocol):
+    """What the pipeline needs of a translator (``ct2mri_node.model.translator.Translator``)."""
+
+    def translate(self, ct_hu: np.ndarray, spacing: tuple[float, float, float],
+                  progress: Callable[[int, int], None] | None = None) -> TranslationResult: ...
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """Volume limits and labelling options for one translation."""
+
+    limits: VolumeLimits = field(default_factory=VolumeLimits)
+    encode: EncodeOptions = field(default_factory=EncodeOptions)
+
+
+@dataclass
+class PipelineResult:
+    """The MR datasets and what they were made from (for summaries and timings)."""
+
+    datasets: list[Dataset]
+    volume: CTVolume
+    translation: TranslationResult
+
+
+def run_pipeline(
+    datasets: Sequence[Dataset],
+    translator: SupportsTranslate,
+    options: PipelineOptions | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> PipelineResult:
+    """assemble -> translate -> encode; returns the MR datasets with the volume and result."""
+    options = options or PipelineOptions()
+    volume = assemble(datasets, options.limits)
+    log.info("series %s: volume %s, spacing %s mm", volume.series_instance_uid,
+             volume.hu.shape, tuple(round(s, 3) for s in volume.spacing))
+    result = translator.translate(volume.hu, volume.spacing, progress)
+    mr = encode_series(volume, result, options.encode)
+    return PipelineResult(datasets=mr, volume=volume, translation=result)
+
+
+def translate_series(
+    datasets: Sequence[Dataset],
+    translator: SupportsTranslate,
+    options: PipelineOptions | None = None,
+) -> list[Dataset]:
+    """The synthetic MR datasets of one CT series (see :func:`run_pipeline`)."""
+    return run_pipeline(datasets, translator, options).datasets
+
+
+def instance_file_name(ds: Dataset) -> str:
+    """``MR<instance>_<SOPInstanceUID>.dcm``, from validated values only (no path tricks)."""
+    uid = str(ds.get("SOPInstanceUID", ""))
+    if not is_valid_uid(uid):
+        raise InputError(f"refusing to name a file after an invalid SOP Instance UID {uid!r}")
+    number = int(ds.get("InstanceNumber", 0) or 0)
+    return f"MR{number:05d}_{uid}.dcm"
+
+
+def write_series(datasets: Sequence[Dataset], out_dir: str | os.PathLike[str]) -> list[Path]:
+    """Write one file per instance into ``out_dir``, each atomically (temp file, fsync, rename)."""
+    directory = Path(out_dir)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = [_write_atomic(ds, directory / instance_file_name(ds)) for ds in datasets]
+        _fsync_dir(directory)
+    except OSError as exc:
+        raise SpoolError(f"cannot write the MR series to {directory}: {exc}") from exc
+    log.debug("wrote %d MR files to %s", len(paths), directory)
+    return paths
+
+
+def _write_atomic(ds: Dataset, path: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".dcm", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            ds.save_as(handle, enforce_file_format=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,358 @@
+"""CT datasets -> one volume in HU on the CT's own grid, or a refusal a PACS admin can act on.
+
+Slices are sorted by their distance along the slice normal (the cross product of the
+orientation's row and column vectors), never by InstanceNumber or file name. Every geometric
+assumption the encoder relies on (one orientation, evenly spaced positions along the normal,
+no gaps, no duplicates, no tilt, one pixel grid) is checked here, so that the synthetic MR can
+be written on exactly the CT's grid and share its frame of reference.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.tag import Tag
+
+from ..errors import SeriesRejected
+from .frames import CT_SOP_CLASSES, Frame, PixelCache, frames_of, lossy_method
+
+log = logging.getLogger(__name__)
+
+#: Elements left out of CTVolume.header: pixels and per-frame geometry (large, slice-specific).
+_HEADER_EXCLUDE = frozenset(
+    Tag(t) for t in (0x7FE00010, 0x7FE00008, 0x7FE00009, 0x52009230)
+)
+
+
+@dataclass(frozen=True)
+class VolumeLimits:
+    """What the node accepts as a CT volume (defaults suit the model's patch size)."""
+
+    min_slices: int = 8
+    max_slices: int = 2000
+    max_rows: int = 1024
+    max_columns: int = 1024
+    spacing_rtol: float = 0.01          # unevenness allowed, relative to the median spacing
+    spacing_atol_mm: float = 0.01       # ... and absolute (DS rounding)
+    orientation_atol: float = 1e-4      # per direction-cosine component
+    max_tilt_deg: float = 0.1           # positions must run along the normal
+    max_localizer_images: int = 3       # off-orientation images dropped as localizers
+
+
+@dataclass(frozen=True)
+class SliceSource:
+    """Where one slice of the volume came from."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    frame_number: int | None
+    position: tuple[float, float, float]
+
+
+@dataclass
+class CTVolume:
+    """A CT volume in HU, slices ascending along the normal, with the geometry to put it back."""
+
+    hu: np.ndarray
+    spacing: tuple[float, float, float]
+    orientation: tuple[float, ...]
+    slices: list[SliceSource]
+    header: Dataset
+    frame_of_reference_uid: str
+    lossy: bool
+    notes: list[str] = field(default_factory=list)
+    lossy_methods: tuple[str, ...] = ()   # LossyImageCompressionMethod values of the sources
+
+    @property
+    def series_instance_uid(self) -> str:
+        return str(self.header.SeriesInstanceUID)
+
+
+def read_series(paths: Iterable[Path]) -> list[Dataset]:
+    """Read the DICOM files among ``paths``; files that are not DICOM are skipped with a log line."""
+    datasets = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            continue
+        try:
+            ds = pydicom.dcmread(path)
+        except (InvalidDicomError, EOFError, OSError, ValueError) as exc:
+            log.info("skipping %s: not a readable DICOM file (%s)", path.name, exc)
+            continue
+        if "PixelData" not in ds and "SOPClassUID" not in ds:
+            log.info("skipping %s: DICOM file without an image (e.g. DICOMDIR)", path.name)
+            continue
+        datasets.append(ds)
+    log.debug("read %d DICOM datasets", len(datasets))
+    return datasets
+
+
+def assemble(datasets: Sequence[Dataset], limits: VolumeLimits = VolumeLimits()) -> CTVolume:
+    """Make one CT volume from the datasets of one series, or raise SeriesRejected."""
+    notes: list[str] = []
+    images = _ct_images(datasets, notes)
+    frames = _usable_frames(images, notes)
+    orientation = _common_orientation(frames, limits, notes)
+    frames = [f for f in frames if _same_orientation(f.orientation, orientation, limits)]
+    _check_grid(frames, limits)
+    normal = _normal(orientation)
+    frames.sort(key=lambda f: float(np.dot(f.position, normal)))
+    slice_spacing = _check_positions(frames, normal, limits)
+    first = frames[0]
+    frame_uid = str(first.ds.get("FrameOfReferenceUID", "") or "")
+    if not frame_uid:
+        raise SeriesRejected(
+            "the CT has no FrameOfReferenceUID, so the synthetic MR could not share its frame "
+            "of reference; the scanner's export is incomplete", "missing_geometry",
+        )
+    hu = _pixels(frames)
+    methods = sorted({m for m in (lossy_method(ds) for ds in images) if m})
+    volume = CTVolume(
+        hu=hu,
+        spacing=(slice_spacing, first.pixel_spacing[0], first.pixel_spacing[1]),
+        orientation=orientation,
+        slices=[_source(f) for f in frames],
+        header=_header(first.ds),
+        frame_of_reference_uid=frame_uid,
+        lossy=bool(methods),
+        notes=notes,
+        lossy_methods=tuple(methods),
+    )
+    for note in notes:
+        log.info("series %s: %s", volume.series_instance_uid, note)
+    return volume
+
+
+def _ct_images(datasets: Sequence[Dataset], notes: list[str]) -> list[Dataset]:
+    """The CT image instances of one series; refuses mixed series and non-CT modalities."""
+    if not datasets:
+        raise SeriesRejected("no DICOM instances were given; send a CT series", "empty_series")
+    series = Counter(str(ds.get("SeriesInstanceUID", "")) for ds in datasets)
+    if len(series) > 1:
+        raise SeriesRejected(
+            f"the input holds {len(series)} series ({', '.join(_series_summary(datasets))}); "
+            "give one CT series at a time", "mixed_series",
+        )
+    modalities = sorted({str(ds.get("Modality", "")) for ds in datasets})
+    if modalities != ["CT"]:
+        raise SeriesRejected(
+            f"the series has modality {'/'.join(m or '(none)' for m in modalities)}, not CT; "
+            "only CT series can be translated to synthetic MR", "not_ct",
+        )
+    images = []
+    for ds in datasets:
+        if str(ds.get("SOPClassUID", "")) in CT_SOP_CLASSES and "PixelData" in ds:
+            images.append(ds)
+        else:
+            notes.append(f"left out instance {ds.get('SOPInstanceUID', '?')}: SOP class "
+                         f"{ds.get('SOPClassUID', '?')} is not a CT image")
+    if not images:
+        raise SeriesRejected(
+            "the series holds no CT Image Storage, Enhanced CT or Legacy Converted Enhanced CT "
+            "image", "not_ct",
+        )
+    return images
+
+
+def _series_summary(datasets: Sequence[Dataset]) -> list[str]:
+    counts = Counter(
+        (str(ds.get("SeriesNumber", "?")), str(ds.get("Modality", "?"))) for ds in datasets
+    )
+    return [f"series number {n} {m}: {c} instances" for (n, m), c in sorted(counts.items())]
+
+
+def _usable_frames(images: Sequence[Dataset], notes: list[str]) -> list[Frame]:
+    """All frames of the images, localizers left out with a note."""
+    frames = []
+    for ds in images:
+        for frame in frames_of(ds):
+            if frame.localizer:
+                notes.append(f"left out localizer image {ds.get('SOPInstanceUID', '?')}")
+                continue
+            frames.append(frame)
+    if not frames:
+        raise SeriesRejected("the series holds only localizer images", "too_few_slices")
+    return frames
+
+
+def _same_orientation(a: Sequence[float], b: Sequence[float], limits: VolumeLimits) -> bool:
+    return bool(np.allclose(a, b, rtol=0.0, atol=limits.orientation_atol))
+
+
+def _common_orientation(
+    frames: Sequence[Frame], limits: VolumeLimits, notes: list[str]
+) -> tuple[float, ...]:
+    """The majority orientation; a few off-orientation images are dropped as localizers."""
+    groups: list[tuple[tuple[float, ...], list[Frame]]] = []
+    for frame in frames:
+        for orientation, members in groups:
+            if _same_orientation(frame.orientation, orientation, limits):
+                members.append(frame)
+                break
+        else:
+            groups.append((frame.orientation, [frame]))
+    groups.sort(key=lambda g: len(g[1]), reverse=True)
+    majority, members = groups[0]
+    others = [f for _, group in groups[1:] for f in group]
+    if others and (len(others) > limits.max_localizer_images or len(others) >= len(members)):
+        raise SeriesRejected(
+            f"the series mixes {len(groups)} image orientations ({len(members)} images "
+            f"{_fmt(majority)}, {len(others)} others); a volume needs one orientation. "
+            "Send one reconstruction per series", "mixed_orientation",
+        )
+    for frame in others:
+        notes.append(f"left out image {frame.ds.get('SOPInstanceUID', '?')}: orientation "
+                     f"{_fmt(frame.orientation)} differs from the series (likely a localizer)")
+    _check_orthonormal(majority)
+    return tuple(float(v) for v in majority)
+
+
+def _check_orthonormal(orientation: Sequence[float]) -> None:
+    row, col = np.asarray(orientation[:3]), np.asarray(orientation[3:])
+    if (abs(np.linalg.norm(row) - 1) > 1e-3 or abs(np.linalg.norm(col) - 1) > 1e-3
+            or abs(float(np.dot(row, col))) > 1e-3):
+        raise SeriesRejected(
+            f"ImageOrientationPatient {_fmt(orientation)} is not two orthogonal unit vectors; "
+            "the scanner's export is malformed", "invalid_geometry",
+        )
+
+
+def _normal(orientation: Sequence[float]) -> np.ndarray:
+    normal = np.cross(np.asarray(orientation[:3]), np.asarray(orientation[3:]))
+    return normal / np.linalg.norm(normal)
+
+
+def _check_grid(frames: Sequence[Frame], limits: VolumeLimits) -> None:
+    """One pixel grid, within the configured size limits."""
+    grids = Counter((f.rows, f.columns, tuple(round(s, 4) for s in f.pixel_spacing))
+                    for f in frames)
+    if len(grids) > 1:
+        listed = ", ".join(f"{r}x{c} at {s[0]}x{s[1]} mm ({n})" for (r, c, s), n in grids.items())
+        raise SeriesRejected(
+            f"the images differ in size or pixel spacing ({listed}); a volume needs one grid. "
+            "Send one reconstruction per series", "mixed_grid",
+        )
+    first = frames[0]
+    if len(frames) < limits.min_slices:
+        raise SeriesRejected(
+            f"the series has {len(frames)} slices; at least {limits.min_slices} are needed",
+            "too_few_slices",
+        )
+    if (len(frames) > limits.max_slices or first.rows > limits.max_rows
+            or first.columns > limits.max_columns):
+        raise SeriesRejected(
+            f"the series is {len(frames)} slices of {first.rows}x{first.columns}; the node "
+            f"accepts at most {limits.max_slices} slices of {limits.max_rows}x"
+            f"{limits.max_columns} (volume limits in the configuration)", "too_large",
+        )
+    if min(first.pixel_spacing) <= 0:
+        raise SeriesRejected(f"PixelSpacing {first.pixel_spacing} is not positive",
+                             "invalid_geometry")
+
+
+def _check_positions(frames: Sequence[Frame], normal: np.ndarray, limits: VolumeLimits) -> float:
+    """Check positions along the normal (sorted ascending); return the slice spacing in mm."""
+    distances = np.array([float(np.dot(f.position, normal)) for f in frames])
+    steps = np.diff(distances)
+    tolerance = limits.spacing_atol_mm
+    duplicates = np.flatnonzero(steps <= tolerance)
+    if duplicates.size:
+        i = int(duplicates[0])
+        raise SeriesRejected(
+            f"{duplicates.size + 1} images share positions along the slice normal (e.g. two at "
+            f"{distances[i]:.2f} mm: instances {_ident(frames[i])} and {_ident(frames[i + 1])}); "
+            "the series holds more than one acquisition or repeated slices. Send each "
+            "acquisition as its own series", "duplicate_positions",
+        )
+    spacing = float(np.median(steps))
+    tolerance = max(limits.spacing_atol_mm, limits.spacing_rtol * spacing)
+    _check_gaps(frames, distances, steps, spacing, tolerance)
+    _check_tilt(frames, normal, distances, limits)
+    return spacing
+
+
+def _check_gaps(frames: Sequence[Frame], distances: np.ndarray, steps: np.ndarray,
+                spacing: float, tolerance: float) -> None:
+    for i, step in enumerate(steps):
+        if abs(step - spacing) <= tolerance:
+            continue
+        multiple = round(step / spacing)
+        if multiple >= 2 and abs(step - multiple * spacing) <= tolerance * multiple:
+            raise SeriesRejected(
+                f"{multiple - 1} slice(s) missing between {distances[i]:.2f} mm and "
+                f"{distances[i + 1]:.2f} mm along the slice normal (spacing {spacing:.3f} mm); "
+                "the series is incomplete. Resend the whole series", "missing_slices",
+            )
+        raise SeriesRejected(
+            f"uneven slice spacing: {step:.3f} mm between {distances[i]:.2f} and "
+            f"{distances[i + 1]:.2f} mm where the series has {spacing:.3f} mm (tolerance "
+            f"{tolerance:.3f} mm); send a reconstruction with constant spacing",
+            "uneven_spacing",
+        )
+
+
+def _check_tilt(frames: Sequence[Frame], normal: np.ndarray, distances: np.ndarray,
+                limits: VolumeLimits) -> None:
+    """Positions must lie on a line along the normal (no gantry tilt, no shear)."""
+    offsets = np.array([f.position - frames[0].position for f in frames])
+    along = distances - distances[0]
+    lateral = np.linalg.norm(offsets - np.outer(along, normal), axis=1)
+    allowed = np.maximum(limits.spacing_atol_mm,
+                         np.tan(np.radians(limits.max_tilt_deg)) * np.abs(along))
+    if np.any(lateral > allowed):
+        i = int(np.argmax(lateral - allowed))
+        angle = float(np.degrees(np.arctan2(lateral[i], abs(along[i]))))
+        raise SeriesRejected(
+            f"the slice positions do not run along the slice normal (about {angle:.2f} degrees "
+            "off: gantry tilt or sheared reconstruction); send an axial reconstruction "
+            "without tilt", "gantry_tilt",
+        )
+
+
+def _pixels(frames: Sequence[Frame]) -> np.ndarray:
+    cache = PixelCache()
+    first = frames[0]
+    hu = np.empty((len(frames), first.rows, first.columns), dtype=np.float32)
+    for k, frame in enumerate(frames):
+        hu[k] = cache.hu(frame)
+    if not np.all(np.isfinite(hu)):
+        raise SeriesRejected("the CT pixels contain non-finite values", "invalid_pixels")
+    return hu
+
+
+def _source(frame: Frame) -> SliceSource:
+    return SliceSource(
+        sop_class_uid=str(frame.ds.SOPClassUID),
+        sop_instance_uid=str(frame.ds.SOPInstanceUID),
+        frame_number=frame.frame_number,
+        position=(float(frame.position[0]), float(frame.position[1]), float(frame.position[2])),
+    )
+
+
+def _header(ds: Dataset) -> Dataset:
+    """Pixel-free copy of ``ds`` keeping raw (undecoded) elements, so text stays byte-exact."""
+    header = Dataset()
+    for tag in ds.keys():
+        if tag in _HEADER_EXCLUDE or tag.group == 0x0002:
+            continue
+        header[tag] = ds.get_item(tag)
+    return header
+
+
+def _ident(frame: Frame) -> str:
+    suffix = f" frame {frame.frame_number}" if frame.frame_number is not None else ""
+    return f"{frame.ds.get('SOPInstanceUID', '?')}{suffix}"
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.3g}" for v in values) + ")"
+

@@ -1,0 +1,241 @@
+"""One record per 2D CT frame, from single-frame CT or multi-frame (Enhanced / Legacy) CT.
+
+Assembly works on these records, so that sorting and geometry checks do not care whether a
+slice came from a CT Image Storage file or from a frame of an Enhanced CT object.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    UID,
+    CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    EnhancedCTImageStorage,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    LegacyConvertedEnhancedCTImageStorage,
+    RLELossless,
+)
+
+from ..errors import SeriesRejected
+
+log = logging.getLogger(__name__)
+
+#: The SOP classes a CT volume is made from.
+CT_SOP_CLASSES = frozenset({CTImageStorage, EnhancedCTImageStorage,
+                            LegacyConvertedEnhancedCTImageStorage})
+MULTI_FRAME_CT = frozenset({EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage})
+
+_LOSSLESS_SYNTAXES = frozenset({
+    ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian,
+    DeflatedExplicitVRLittleEndian, RLELossless, JPEGLossless, JPEGLosslessSV1,
+    JPEGLSLossless, JPEG2000Lossless, HTJ2KLossless, HTJ2KLosslessRPCL,
+})
+
+#: LossyImageCompressionMethod defined terms per lossy transfer syntax family.
+_LOSSY_METHODS = {
+    "1.2.840.10008.1.2.4.50": "ISO_10918_1", "1.2.840.10008.1.2.4.51": "ISO_10918_1",
+    "1.2.840.10008.1.2.4.81": "ISO_14495_1", "1.2.840.10008.1.2.4.91": "ISO_15444_1",
+    "1.2.840.10008.1.2.4.203": "ISO_15444_15",
+}
+
+
+@dataclass
+class Frame:
+    """One 2D CT frame: its geometry, its rescale and where to get its pixels."""
+
+    ds: Dataset
+    frame_number: int | None          # 1-based, for multi-frame objects
+    position: np.ndarray              # ImagePositionPatient (3,)
+    orientation: tuple[float, ...]    # ImageOrientationPatient (6)
+    pixel_spacing: tuple[float, float]
+    rows: int
+    columns: int
+    slope: float
+    intercept: float
+    localizer: bool
+    instance_number: int | None = None
+
+
+def _floats(value: Any, count: int, what: str, ds: Dataset) -> tuple[float, ...]:
+    """``value`` as ``count`` floats, or a SeriesRejected naming the attribute and instance."""
+    try:
+        numbers = tuple(float(v) for v in (value if count > 1 else [value]))
+    except (TypeError, ValueError) as exc:
+        raise SeriesRejected(
+            f"instance {ds.get('SOPInstanceUID', '?')} has an unreadable {what} ({value!r})",
+            "invalid_geometry",
+        ) from exc
+    if len(numbers) != count or not all(np.isfinite(numbers)):
+        raise SeriesRejected(
+            f"instance {ds.get('SOPInstanceUID', '?')} has {what} {value!r}; expected {count} "
+            "finite numbers", "invalid_geometry",
+        )
+    return numbers
+
+
+def _required(item: Dataset | None, keyword: str, ds: Dataset) -> Any:
+    """``item.keyword`` or a SeriesRejected saying which attribute is missing."""
+    value = None if item is None else item.get(keyword)
+    if value is None or value == "":
+        raise SeriesRejected(
+            f"instance {ds.get('SOPInstanceUID', '?')} lacks {keyword}; the CT cannot be placed "
+            "in space. Send the series with its image plane attributes", "missing_geometry",
+        )
+    return value
+
+
+def single_frame(ds: Dataset) -> Frame:
+    """The one frame of a CT Image Storage instance."""
+    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    return Frame(
+        ds=ds,
+        frame_number=None,
+        position=np.array(_floats(_required(ds, "ImagePositionPatient", ds), 3,
+                                  "ImagePositionPatient", ds)),
+        orientation=_floats(_required(ds, "ImageOrientationPatient", ds), 6,
+                            "ImageOrientationPatient", ds),
+        pixel_spacing=_floats(_required(ds, "PixelSpacing", ds), 2, "PixelSpacing", ds),  # type: ignore[arg-type]
+        rows=int(_required(ds, "Rows", ds)),
+        columns=int(_required(ds, "Columns", ds)),
+        slope=float(ds.get("RescaleSlope", 1.0) or 1.0),
+        intercept=float(ds.get("RescaleIntercept", 0.0) or 0.0),
+        localizer="LOCALIZER" in image_type,
+        instance_number=_int_or_none(ds.get("InstanceNumber")),
+    )
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return None if value in (None, "") else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _group(ds: Dataset, per_frame: Dataset | None, keyword: str) -> Dataset | None:
+    """First item of functional group ``keyword``: per-frame first, then shared."""
+    for source in (per_frame, _first(ds.get("SharedFunctionalGroupsSequence"))):
+        if source is not None and keyword in source:
+            return _first(source.get(keyword))
+    return None
+
+
+def _first(sequence: Any) -> Dataset | None:
+    return sequence[0] if sequence else None
+
+
+def multi_frame(ds: Dataset) -> list[Frame]:
+    """One Frame per frame of an Enhanced or Legacy Converted Enhanced CT instance."""
+    count = int(ds.get("NumberOfFrames", 1) or 1)
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    if len(per_frame) != count:
+        raise SeriesRejected(
+            f"multi-frame CT {ds.get('SOPInstanceUID', '?')} has {count} frames but "
+            f"{len(per_frame)} per-frame functional groups; the object is malformed",
+            "invalid_geometry",
+        )
+    frames = []
+    for index in range(count):
+        item = per_frame[index]
+        plane = _group(ds, item, "PlanePositionSequence")
+        orient = _group(ds, item, "PlaneOrientationSequence")
+        measures = _group(ds, item, "PixelMeasuresSequence")
+        rescale = _group(ds, item, "PixelValueTransformationSequence")
+        frame_type = _group(ds, item, "CTImageFrameTypeSequence")
+        types = [str(v).upper() for v in ((frame_type or Dataset()).get("FrameType") or [])]
+        frames.append(Frame(
+            ds=ds,
+            frame_number=index + 1,
+            position=np.array(_floats(_required(plane, "ImagePositionPatient", ds), 3,
+                                      "ImagePositionPatient", ds)),
+            orientation=_floats(_required(orient, "ImageOrientationPatient", ds), 6,
+                                "ImageOrientationPatient", ds),
+            pixel_spacing=_floats(_required(measures, "PixelSpacing", ds), 2,  # type: ignore[arg-type]
+                                  "PixelSpacing", ds),
+            rows=int(_required(ds, "Rows", ds)),
+            columns=int(_required(ds, "Columns", ds)),
+            slope=float((rescale or Dataset()).get("RescaleSlope", 1.0) or 1.0),
+            intercept=float((rescale or Dataset()).get("RescaleIntercept", 0.0) or 0.0),
+            localizer="LOCALIZER" in types,
+        ))
+    return frames
+
+
+def frames_of(ds: Dataset) -> list[Frame]:
+    """The frames of one CT instance (single- or multi-frame)."""
+    if UID(ds.get("SOPClassUID", "")) in MULTI_FRAME_CT:
+        return multi_frame(ds)
+    return [single_frame(ds)]
+
+
+def transfer_syntax(ds: Dataset) -> UID | None:
+    meta = getattr(ds, "file_meta", None)
+    value = None if meta is None else meta.get("TransferSyntaxUID")
+    return None if value is None else UID(value)
+
+
+def lossy_method(ds: Dataset) -> str | None:
+    """The lossy compression method of ``ds`` (from its attributes or its syntax), else None."""
+    if str(ds.get("LossyImageCompression", "")) == "01":
+        methods = ds.get("LossyImageCompressionMethod")
+        if isinstance(methods, str):
+            return methods or "UNKNOWN"
+        return "\\".join(str(m) for m in methods) if methods else "UNKNOWN"
+    syntax = transfer_syntax(ds)
+    if syntax is not None and syntax not in _LOSSLESS_SYNTAXES:
+        return _LOSSY_METHODS.get(str(syntax), "UNKNOWN")
+    return None
+
+
+class PixelCache:
+    """Decodes each instance's pixels once (a multi-frame object serves many frames)."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[int, np.ndarray] = {}
+
+    def hu(self, frame: Frame) -> np.ndarray:
+        """The frame's pixels in HU as float32 (rows, columns)."""
+        key = id(frame.ds)
+        if key not in self._arrays:
+            self._arrays[key] = self._decode(frame.ds)
+        array = self._arrays[key]
+        stored = array[frame.frame_number - 1] if frame.frame_number is not None else array
+        if stored.shape != (frame.rows, frame.columns):
+            raise SeriesRejected(
+                f"instance {frame.ds.get('SOPInstanceUID', '?')} decodes to {stored.shape} pixels "
+                f"but declares {frame.rows}x{frame.columns}", "invalid_pixels",
+            )
+        return (stored.astype(np.float32) * np.float32(frame.slope)
+                + np.float32(frame.intercept))
+
+    @staticmethod
+    def _decode(ds: Dataset) -> np.ndarray:
+        if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+            raise SeriesRejected(
+                f"instance {ds.get('SOPInstanceUID', '?')} is not greyscale "
+                f"(SamplesPerPixel {ds.SamplesPerPixel}); CT must be MONOCHROME",
+                "invalid_pixels",
+            )
+        try:
+            return np.asarray(ds.pixel_array)
+        except Exception as exc:  # decoders raise many types; report them as one refusal
+            syntax = transfer_syntax(ds)
+            name = syntax.name if syntax is not None else "unknown transfer syntax"
+            raise SeriesRejected(
+                f"cannot decode the pixels of instance {ds.get('SOPInstanceUID', '?')} "
+                f"({name}): {exc}. Send the series uncompressed or in a lossless syntax the "
+                "node accepts (see docs/conformance-statement.md)", "undecodable_pixels",
+            ) from exc
