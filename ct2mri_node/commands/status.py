@@ -1,0 +1,60 @@
+"""``ct2mri-node status``: list jobs with state, timings and reasons."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from datetime import datetime
+from pathlib import Path
+
+from ..config import load_config
+from ..errors import SpoolError
+from ..jobs.store import Job, JobStore
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser(
+        "status",
+        help="list the node's jobs with state, timings and reasons",
+        description="Read the job database in the spool and list every job.",
+    )
+    parser.add_argument("--json", action="store_true", help="print the jobs as JSON")
+    parser.add_argument("--config", type=Path, default=None, help="YAML configuration (default: the embedded one)")
+    parser.set_defaults(func=run)
+
+
+def open_store(config_path: Path | None) -> JobStore:
+    """The job store of the configured spool; SpoolError when the node never ran there."""
+    config = load_config(config_path)
+    db = config.spool_dir / "jobs.sqlite3"
+    if not db.exists():
+        raise SpoolError(f"no job database at {db}; has the node run with this config (`ct2mri-node serve`)?")
+    return JobStore(db)
+
+
+def _line(job: Job) -> str:
+    when = datetime.fromtimestamp(job.created_at).strftime("%Y-%m-%d %H:%M:%S")
+    timings = " ".join(f"{k}={v:.2f}s" for k, v in job.timings.items() if not k.endswith("_at"))
+    text = f"{job.id:>5}  {job.state:<11} {when}  attempts={job.attempts}  series={job.series_uid}"
+    if timings:
+        text += f"\n       {timings}"
+    for d in job.deliveries:
+        text += f"\n       -> {d.destination}: {d.state}" + (f" ({d.reason})" if d.reason else "")
+    if job.reason:
+        text += f"\n       reason: {job.reason}"
+    return text
+
+
+def run(args: argparse.Namespace) -> int:
+    jobs = open_store(args.config).list()
+    if args.json:
+        print(json.dumps([j.as_dict() for j in jobs], indent=2))
+        return 0
+    if not jobs:
+        print("no jobs")
+    for job in jobs:
+        print(_line(job))
+    return 0

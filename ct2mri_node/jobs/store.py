@@ -1,0 +1,320 @@
+"""Durable job records in SQLite (WAL mode) inside the spool.
+
+One job per complete series, with its state
+(``received -> queued -> translating -> sending -> done | failed``), timestamps, attempts,
+the reason for any failure, stage timings and one delivery row per destination.
+:class:`JobQueue` is the small interface the node and worker use, so that a distributed
+task engine could replace :class:`JobStore` without touching the pipeline steps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..errors import JobError, SpoolError
+
+log = logging.getLogger(__name__)
+
+STATES = ("received", "queued", "translating", "sending", "done", "failed")
+#: States in which the series may still gain instances and the job has not started.
+OPEN_STATES = ("received", "queued")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    series_uid TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    last_instance_at REAL,
+    queued_at REAL,
+    started_at REAL,
+    finished_at REAL,
+    not_before REAL NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    translated INTEGER NOT NULL DEFAULT 0,
+    reason TEXT,
+    timings TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, not_before);
+CREATE INDEX IF NOT EXISTS jobs_series ON jobs(series_uid);
+CREATE TABLE IF NOT EXISTS deliveries (
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    destination TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    reason TEXT,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (job_id, destination)
+);
+"""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One destination's result for a job: ``pending``, ``done`` or ``failed``."""
+
+    destination: str
+    state: str
+    attempts: int
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class Job:
+    """A snapshot of one job record."""
+
+    id: int
+    series_uid: str
+    study_uid: str
+    state: str
+    created_at: float
+    updated_at: float
+    last_instance_at: float | None
+    queued_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    not_before: float
+    attempts: int
+    translated: bool
+    reason: str | None
+    timings: dict[str, float] = field(default_factory=dict)
+    deliveries: tuple[Delivery, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (for ``status --json``)."""
+        return asdict(self)
+
+
+class JobQueue(Protocol):
+    """What the node and the worker need from a job queue."""
+
+    def enqueue(self, series_uid: str, study_uid: str, last_instance_at: float | None = None) -> int: ...
+    def claim(self) -> Job | None: ...
+    def complete(self, job_id: int) -> None: ...
+    def fail(self, job_id: int, reason: str) -> None: ...
+    def defer(self, job_id: int, delay_s: float, reason: str) -> None: ...
+    def retry(self, job_id: int) -> Job: ...
+    def list(self) -> list[Job]: ...
+
+
+class JobStore:
+    """SQLite-backed :class:`JobQueue`; safe to use from several threads and processes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            with self._connect() as conn:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise SpoolError(f"cannot open the job database {self.path}: {exc}") from exc
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        try:
+            conn.execute("PRAGMA synchronous=FULL")
+            yield conn
+        finally:
+            conn.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken before reading so claims are atomic."""
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    # -- completion sink ---------------------------------------------------------------
+    def series_received(self, series_uid: str, study_uid: str) -> None:
+        """Open a ``received`` job for a series unless one is already open."""
+        now = time.time()
+        with self._write() as conn:
+            if self._open_job(conn, series_uid) is None:
+                conn.execute(
+                    "INSERT INTO jobs (series_uid, study_uid, state, created_at, updated_at)"
+                    " VALUES (?, ?, 'received', ?, ?)",
+                    (series_uid, study_uid, now, now),
+                )
+
+    def series_complete(self, series_uid: str, study_uid: str, last_instance_at: float) -> None:
+        """The series is complete: queue its open job (creating one if needed)."""
+        job_id = self.enqueue(series_uid, study_uid, last_instance_at)
+        log.info("job %d queued for series %s", job_id, series_uid)
+
+    # -- JobQueue ------------------------------------------------------------------------
+    def enqueue(self, series_uid: str, study_uid: str, last_instance_at: float | None = None) -> int:
+        """Queue the series' open job, or a new one; returns the job id (one per open series)."""
+        now = time.time()
+        with self._write() as conn:
+            job_id = self._open_job(conn, series_uid)
+            if job_id is None:
+                cur = conn.execute(
+                    "INSERT INTO jobs (series_uid, study_uid, state, created_at, updated_at)"
+                    " VALUES (?, ?, 'queued', ?, ?)",
+                    (series_uid, study_uid, now, now),
+                )
+                job_id = int(cur.lastrowid or 0)
+            conn.execute(
+                "UPDATE jobs SET state='queued', queued_at=?, updated_at=?, last_instance_at=?"
+                " WHERE id=?",
+                (now, now, last_instance_at, job_id),
+            )
+        return job_id
+
+    def claim(self) -> Job | None:
+        """Atomically take the oldest due queued job and mark it ``translating``."""
+        now = time.time()
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT id FROM jobs WHERE state='queued' AND not_before<=? ORDER BY id LIMIT 1",
+                (now,),
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute(
+                "UPDATE jobs SET state='translating', attempts=attempts+1,"
+                " started_at=COALESCE(started_at, ?), updated_at=? WHERE id=?",
+                (now, now, row["id"]),
+            )
+        return self.get(int(row["id"]))
+
+    def set_state(self, job_id: int, state: str) -> None:
+        """Move a job to ``state`` (one of :data:`STATES`)."""
+        if state not in STATES:
+            raise JobError(f"unknown job state {state!r}")
+        self._update(job_id, "state=?", (state,))
+
+    def mark_translated(self, job_id: int) -> None:
+        """The MR series is written to the job's output folder; sends can retry from it."""
+        self._update(job_id, "translated=1", ())
+
+    def record_timing(self, job_id: int, stage: str, seconds: float) -> None:
+        """Store one stage's duration in seconds (``status`` and the latency benchmark read them)."""
+        with self._write() as conn:
+            row = conn.execute("SELECT timings FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None:
+                raise JobError(f"no job {job_id}")
+            timings = json.loads(row["timings"])
+            timings[stage] = round(float(seconds), 6)
+            conn.execute("UPDATE jobs SET timings=? WHERE id=?", (json.dumps(timings), job_id))
+
+    def record_delivery(self, job_id: int, destination: str, state: str, reason: str | None = None) -> None:
+        """Record one send attempt's outcome (``done``, ``failed`` or ``pending``) for a destination."""
+        now = time.time()
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO deliveries (job_id, destination, state, attempts, reason, updated_at)"
+                " VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT(job_id, destination) DO UPDATE SET"
+                " state=excluded.state, attempts=attempts+1, reason=excluded.reason,"
+                " updated_at=excluded.updated_at",
+                (job_id, destination, state, reason, now),
+            )
+
+    def complete(self, job_id: int) -> None:
+        """The job is done: every destination has the series."""
+        now = time.time()
+        self._update(job_id, "state='done', finished_at=?, reason=NULL", (now,))
+
+    def fail(self, job_id: int, reason: str) -> None:
+        """The job failed for good, with a reason a person can act on."""
+        now = time.time()
+        self._update(job_id, "state='failed', finished_at=?, reason=?", (now, reason))
+
+    def defer(self, job_id: int, delay_s: float, reason: str) -> None:
+        """Queue the job again, not before ``delay_s`` from now (transient failure)."""
+        due = time.time() + max(0.0, delay_s)
+        self._update(job_id, "state='queued', not_before=?, reason=?", (due, reason))
+
+    def retry(self, job_id: int) -> Job:
+        """Queue a failed (or done) job again now; failed deliveries become pending."""
+        job = self.get(job_id)
+        if job.state not in ("failed", "done"):
+            raise JobError(f"job {job_id} is {job.state}; only failed or done jobs can be retried")
+        now = time.time()
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE jobs SET state='queued', attempts=0, not_before=0, reason=NULL,"
+                " finished_at=NULL, queued_at=?, updated_at=? WHERE id=?",
+                (now, now, job_id),
+            )
+            conn.execute(
+                "UPDATE deliveries SET state='pending', attempts=0 WHERE job_id=? AND state!='done'",
+                (job_id,),
+            )
+        return self.get(job_id)
+
+    def list(self) -> list[Job]:
+        """Every job, oldest first."""
+        with self._connect() as conn:
+            ids = [int(r["id"]) for r in conn.execute("SELECT id FROM jobs ORDER BY id")]
+        return [self.get(i) for i in ids]
+
+    def get(self, job_id: int) -> Job:
+        """One job; JobError when it does not exist."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None:
+                raise JobError(f"no job {job_id} in {self.path}; `ct2mri-node status` lists the jobs")
+            dels = conn.execute(
+                "SELECT destination, state, attempts, reason FROM deliveries WHERE job_id=?"
+                " ORDER BY destination",
+                (job_id,),
+            ).fetchall()
+        data = dict(row)
+        data["translated"] = bool(data["translated"])
+        data["timings"] = json.loads(data["timings"])
+        data["deliveries"] = tuple(Delivery(**dict(d)) for d in dels)
+        return Job(**data)
+
+    # -- restart -------------------------------------------------------------------------
+    def recover(self) -> int:
+        """After a restart: jobs caught in translating/sending go back to queued."""
+        now = time.time()
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE jobs SET state='queued', updated_at=? WHERE state IN ('translating','sending')",
+                (now,),
+            )
+        if cur.rowcount:
+            log.info("re-queued %d interrupted job(s)", cur.rowcount)
+        return int(cur.rowcount)
+
+    def series_with_jobs(self) -> set[str]:
+        """Series that have a job in any state other than ``received``."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT DISTINCT series_uid FROM jobs WHERE state!='received'")
+            return {r["series_uid"] for r in rows}
+
+    def _open_job(self, conn: sqlite3.Connection, series_uid: str) -> int | None:
+        row = conn.execute(
+            "SELECT id FROM jobs WHERE series_uid=? AND state IN ('received','queued')"
+            " ORDER BY id DESC LIMIT 1",
+            (series_uid,),
+        ).fetchone()
+        return None if row is None else int(row["id"])
+
+    def _update(self, job_id: int, assignments: str, values: tuple[Any, ...]) -> None:
+        with self._write() as conn:
+            cur = conn.execute(
+                f"UPDATE jobs SET {assignments}, updated_at=? WHERE id=?",  # noqa: S608 (fixed SQL)
+                (*values, time.time(), job_id),
+            )
+            if cur.rowcount == 0:
+                raise JobError(f"no job {job_id} in {self.path}")

@@ -1,0 +1,197 @@
+"""The worker: claims one job at a time, translates its series once, sends it everywhere.
+
+The MR series is written to the job's output folder in the spool before any send, so a send
+that fails transiently is retried (exponential backoff) without translating again. A peer that
+rejects the association, a refused series and any other permanent failure end the job as
+``failed`` with a reason a person can act on.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import NodeConfig
+from ..deliver.send import send_series
+from ..errors import Ct2MriError, InputError, SendError, SpoolError
+from ..receive.spool import Spool
+from ..volume.assemble import VolumeLimits, read_series
+from .pipeline import PipelineOptions, run_pipeline, write_series
+from .store import Job, JobStore
+
+log = logging.getLogger(__name__)
+
+
+class _TimedTranslator:
+    """Delegates to the real translator and remembers when ``translate`` started and ended,
+    which splits the pipeline's wall time into assembly, translation and encoding."""
+
+    def __init__(self, translator: Any) -> None:
+        self._inner = translator
+        self.started = self.ended = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def translate(self, *args: Any, **kwargs: Any) -> Any:
+        self.started = time.perf_counter()
+        try:
+            return self._inner.translate(*args, **kwargs)
+        finally:
+            self.ended = time.perf_counter()
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    done: list[str]
+    transient: list[str]
+    permanent: list[str]
+
+
+def backoff_s(attempt: int, initial_s: float, factor: float, maximum_s: float) -> float:
+    """Delay before attempt ``attempt + 1``: initial, initial*factor, ... capped at maximum."""
+    return float(min(maximum_s, initial_s * factor ** max(0, attempt - 1)))
+
+
+class Worker:
+    """Runs jobs from the store; one job at a time (one worker per device)."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        store: JobStore,
+        spool: Spool,
+        translator: Any,
+        pipeline_options: PipelineOptions | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.spool = spool
+        self.translator = translator
+        self.pipeline_options = pipeline_options or PipelineOptions(
+            limits=VolumeLimits(min_slices=config.series.min_slices)
+        )
+        self._wake = threading.Event()
+
+    def wake(self) -> None:
+        """A job was queued: look now instead of at the next poll."""
+        self._wake.set()
+
+    def run(self, stop: threading.Event) -> None:
+        """Process jobs until ``stop`` is set."""
+        while not stop.is_set():
+            try:
+                job = self.run_once()
+            except Ct2MriError as exc:  # e.g. the job database is locked or unreadable
+                log.error("worker: %s; trying again shortly", exc)
+                job = None
+            except Exception:
+                log.exception("worker: unexpected error; trying again shortly")
+                job = None
+            if job is None:
+                self._wake.wait(self.config.worker.poll_interval_s)
+                self._wake.clear()
+
+    def run_once(self) -> Job | None:
+        """Claim and process one due job; returns its final snapshot, or None if none was due."""
+        job = self.store.claim()
+        if job is None:
+            return None
+        log.info("job %d: series %s, attempt %d", job.id, job.series_uid, job.attempts)
+        try:
+            if not job.translated:
+                self._translate(job)
+            self.store.set_state(job.id, "sending")
+            self._deliver(job)
+        except Ct2MriError as exc:
+            log.warning("job %d failed: %s", job.id, exc)
+            self.store.fail(job.id, str(exc))
+        except Exception as exc:  # a bug must not stop the worker; record it on the job
+            log.exception("job %d: unexpected error", job.id)
+            self.store.fail(job.id, f"internal error: {exc!r}; see the node log")
+        return self.store.get(job.id)
+
+    # -- translation --------------------------------------------------------------------
+    def _translate(self, job: Job) -> None:
+        """Spooled CT -> MR series in the job's output folder (written whole, then renamed)."""
+        start = time.perf_counter()
+        datasets = read_series(self.spool.instance_paths(job.series_uid))
+        timed = _TimedTranslator(self.translator)
+        mr = run_pipeline(datasets, timed, self.pipeline_options).datasets
+        finished = time.perf_counter()
+        for stage, seconds in (
+            ("assembly", timed.started - start),          # reading the files + assemble
+            ("translation", timed.ended - timed.started),
+            ("encoding", finished - timed.ended),
+        ):
+            self.store.record_timing(job.id, stage, seconds)
+        start = time.perf_counter()
+        self._write_output(job, mr)
+        self.store.record_timing(job.id, "write", time.perf_counter() - start)
+        self.store.mark_translated(job.id)
+        log.info("job %d: %d MR instances written", job.id, len(mr))
+
+    def _write_output(self, job: Job, datasets: list[Any]) -> None:
+        final = self.spool.output_dir(job.id)
+        staging = final.with_name(f"{final.name}.partial")
+        try:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+            write_series(datasets, staging)
+            shutil.rmtree(final, ignore_errors=True)
+            staging.rename(final)
+        except OSError as exc:
+            raise SpoolError(f"cannot write the MR series of job {job.id} to {final}: {exc}") from exc
+
+    # -- delivery -----------------------------------------------------------------------
+    def _deliver(self, job: Job) -> None:
+        files = self._output_files(job)
+        outcome = self._send_all(job, files)
+        if not outcome.transient and not outcome.permanent:
+            self.store.complete(job.id)
+            log.info("job %d done: delivered to %s", job.id, ", ".join(outcome.done) or "no destination")
+            return
+        reasons = "; ".join(outcome.permanent + outcome.transient)
+        settings = self.config.worker
+        if outcome.permanent or job.attempts >= settings.max_attempts:
+            tail = "" if outcome.permanent else f" (gave up after {job.attempts} attempts)"
+            self.store.fail(job.id, reasons + tail)
+            log.warning("job %d failed: %s%s", job.id, reasons, tail)
+            return
+        delay = backoff_s(job.attempts, settings.backoff_initial_s, settings.backoff_factor, settings.backoff_max_s)
+        self.store.defer(job.id, delay, reasons)
+        log.info("job %d: send will be retried in %.1f s: %s", job.id, delay, reasons)
+
+    def _output_files(self, job: Job) -> list[Path]:
+        folder = self.spool.output_dir(job.id)
+        files = sorted(p for p in folder.glob("*.dcm")) if folder.is_dir() else []
+        if not files:
+            raise InputError(f"job {job.id} has no MR series in {folder}; run `ct2mri-node retry {job.id}`")
+        return files
+
+    def _send_all(self, job: Job, files: list[Path]) -> _Outcome:
+        done_before = {d.destination for d in self.store.get(job.id).deliveries if d.state == "done"}
+        outcome = _Outcome([], [], [])
+        for dest in self.config.destinations:
+            if dest.name in done_before:
+                outcome.done.append(dest.name)
+                continue
+            start, wall_start = time.perf_counter(), time.time()
+            try:
+                report = send_series(dest, files, self.config.node.ae_title)
+            except SendError as exc:
+                state = "failed" if exc.permanent else "pending"
+                self.store.record_delivery(job.id, dest.name, state, str(exc))
+                (outcome.permanent if exc.permanent else outcome.transient).append(str(exc))
+                continue
+            self.store.record_delivery(job.id, dest.name, "done")
+            self.store.record_timing(job.id, f"send:{dest.name}", time.perf_counter() - start)
+            if report.seconds_to_first is not None and "first_store_at" not in job.timings:
+                self.store.record_timing(job.id, "first_store_at", wall_start + report.seconds_to_first)
+            outcome.done.append(dest.name)
+        return outcome

@@ -1,0 +1,191 @@
+"""The whole node over real associations: CT in, MR series out to a capture SCP and a folder."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from nodekit import CaptureSCP, make_ct_series, node_config
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
+from ct2mri_node.config import NodeConfig
+from ct2mri_node.jobs.store import Job
+from ct2mri_node.model.testing import make_tiny_checkpoint
+from ct2mri_node.model.translator import TranslationSettings, Translator
+from ct2mri_node.node import Node
+from ct2mri_node.receive.spool import header_from_dataset
+
+
+@pytest.fixture(scope="module")
+def translator(tmp_path_factory: pytest.TempPathFactory) -> Translator:
+    ckpt = make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
+    return Translator(ckpt, TranslationSettings(steps=2, device="cpu"))
+
+
+@pytest.fixture
+def start_node(translator: Translator) -> Iterator[Callable[[NodeConfig], Node]]:
+    nodes: list[Node] = []
+
+    def start(config: NodeConfig) -> Node:
+        node = Node(config, translator=translator)
+        node.start()
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in nodes:
+        node.stop()
+
+
+def send(port: int, paths: list[Path], calling: str = "PACS") -> None:
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", port, ae_title="CT2MRI")
+    assert assoc.is_established
+    try:
+        assert [int(assoc.send_c_store(p).Status) for p in paths] == [0] * len(paths)
+    finally:
+        assoc.release()
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float = 60.0) -> Any:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting")
+
+
+def jobs_in(node: Node, *states: str) -> list[Job]:
+    assert node.store is not None
+    jobs = node.store.list()
+    return jobs if jobs and all(j.state in states for j in jobs) else []
+
+
+def check_mr_series(mr: list[pydicom.Dataset], ct_paths: list[Path]) -> None:
+    """The MR series sits on the CT grid, in the CT study and frame, references the CT."""
+    ct = {str(d.SOPInstanceUID): d for d in (pydicom.dcmread(p) for p in ct_paths)}
+    first = next(iter(ct.values()))
+    assert len(mr) == len(ct)
+    assert len({str(d.SeriesInstanceUID) for d in mr}) == 1
+    for ds in mr:
+        assert ds.Modality == "MR" and ds.SyntheticData == "YES"
+        assert ds.StudyInstanceUID == first.StudyInstanceUID
+        assert ds.FrameOfReferenceUID == first.FrameOfReferenceUID
+        (source,) = ds.SourceImageSequence
+        src = ct[str(source.ReferencedSOPInstanceUID)]
+        assert [float(v) for v in ds.ImagePositionPatient] == pytest.approx([float(v) for v in src.ImagePositionPatient])
+        assert [float(v) for v in ds.ImageOrientationPatient] == pytest.approx([float(v) for v in src.ImageOrientationPatient])
+        assert [float(v) for v in ds.PixelSpacing] == pytest.approx([float(v) for v in src.PixelSpacing])
+        assert (ds.Rows, ds.Columns) == (src.Rows, src.Columns)
+
+
+def test_two_series_at_once_one_over_two_associations(
+    start_node: Callable[[NodeConfig], Node], capture: CaptureSCP, tmp_path: Path
+) -> None:
+    outbox = tmp_path / "outbox"
+    config = node_config(
+        tmp_path, calling_aes=[{"ae_title": "PACS", "host": "127.0.0.1"}],
+        destinations=[capture.destination(), {"name": "local", "type": "folder", "path": str(outbox)}],
+    )
+    node = start_node(config)
+    a = make_ct_series(tmp_path / "a", seed=1)
+    b = make_ct_series(tmp_path / "b", seed=2)
+    threads = [
+        threading.Thread(target=send, args=(node.port, a[:6])),
+        threading.Thread(target=send, args=(node.port, b)),
+    ]
+    for t in threads:
+        t.start()
+    send(node.port, a[6:])      # series a's second association, while b is still arriving
+    for t in threads:
+        t.join()
+    jobs = wait_for(lambda: jobs_in(node, "done", "failed"), 120)
+    assert [j.state for j in jobs] == ["done", "done"], [j.reason for j in jobs]
+    assert len(jobs) == 2   # one job per series, though a came over two associations
+    for job in jobs:
+        assert {"assembly", "translation", "encoding", "send:archive", "first_store_at"} <= set(job.timings)
+        assert [d.state for d in job.deliveries] == ["done", "done"]
+    by_series: dict[str, list[pydicom.Dataset]] = {}
+    for ds in capture.datasets:
+        by_series.setdefault(str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID), []).append(ds)
+    ct_series = {str(pydicom.dcmread(p[0]).SeriesInstanceUID): p for p in (a, b)}
+    assert set(by_series) == set(ct_series)
+    for uid, mr in by_series.items():
+        check_mr_series(mr, ct_series[uid])
+    assert sum(len(list(d.iterdir())) for d in outbox.iterdir()) == 24
+
+
+def test_destination_down_at_first_gets_series_once_up(
+    start_node: Callable[[NodeConfig], Node], tmp_path: Path
+) -> None:
+    late = CaptureSCP()              # port chosen, not listening yet
+    config = node_config(tmp_path, destinations=[late.destination()])
+    node = start_node(config)
+    ct = make_ct_series(tmp_path / "ct", seed=3)
+    send(node.port, ct)
+    assert node.store is not None
+    (job,) = wait_for(lambda: [j for j in node.store.list() if "cannot connect" in (j.reason or "")], 60)
+    assert job.state in ("queued", "translating", "sending")
+    assert [d.state for d in job.deliveries] == ["pending"]
+    late.start()
+    try:
+        (job,) = wait_for(lambda: jobs_in(node, "done", "failed"), 60)
+        assert job.state == "done" and job.attempts >= 2
+        check_mr_series(late.datasets, ct)
+    finally:
+        late.stop()
+
+
+def test_rejecting_destination_and_refused_series_fail_with_reason(
+    start_node: Callable[[NodeConfig], Node], capture: CaptureSCP, tmp_path: Path
+) -> None:
+    config = node_config(tmp_path, destinations=[{**capture.destination(), "ae_title": "WRONGAE"}])
+    node = start_node(config)
+    send(node.port, make_ct_series(tmp_path / "ok", seed=4))
+    gap = make_ct_series(tmp_path / "gap", seed=5)
+    send(node.port, gap[:5] + gap[6:])            # a missing slice
+    jobs = wait_for(lambda: (js := jobs_in(node, "done", "failed")) and len(js) == 2 and js, 60)
+    assert [j.state for j in jobs] == ["failed", "failed"]
+    rejected, refused = sorted(jobs, key=lambda j: "rejected" not in (j.reason or ""))
+    assert "rejected the association" in (rejected.reason or "") and rejected.attempts == 1
+    assert rejected.translated and not capture.datasets
+    assert not refused.translated and "slice(s) missing" in (refused.reason or "")
+
+
+def test_restart_picks_up_spooled_series_and_interrupted_jobs(
+    start_node: Callable[[NodeConfig], Node], translator: Translator, tmp_path: Path
+) -> None:
+    outbox = tmp_path / "outbox"
+    config = node_config(tmp_path, destinations=[{"name": "local", "type": "folder", "path": str(outbox)}])
+    # A series that reached the spool before a crash, with no job record.
+    from ct2mri_node.jobs.store import JobStore
+    from ct2mri_node.receive.spool import Spool
+
+    spool = Spool(config.spool_dir)
+    spool.create()
+    ct = make_ct_series(tmp_path / "ct", seed=6)
+    for path in ct:
+        ds = pydicom.dcmread(path)
+        spool.store(path.read_bytes(), header_from_dataset(ds))
+    # ... and a job interrupted mid-translation.
+    other = make_ct_series(tmp_path / "ct2", seed=7)
+    for path in other:
+        spool.store(path.read_bytes(), header_from_dataset(pydicom.dcmread(path)))
+    store = JobStore(spool.db_path)
+    other_header = header_from_dataset(pydicom.dcmread(other[0]))
+    store.enqueue(other_header.series_uid, other_header.study_uid)
+    assert store.claim() is not None
+    node = start_node(config)
+    jobs = wait_for(lambda: (js := jobs_in(node, "done", "failed")) and len(js) == 2 and js, 60)
+    assert [j.state for j in jobs] == ["done", "done"], [j.reason for j in jobs]
+    assert len(list(outbox.iterdir())) == 2

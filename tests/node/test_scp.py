@@ -1,0 +1,180 @@
+"""The SCP over real loopback associations: pynetdicom and dcmtk storescu as peers."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from nodekit import free_port, make_ct_series, node_config
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification  # type: ignore[attr-defined]
+
+from ct2mri_node.config import CallingAE, NodeConfig
+from ct2mri_node.receive.completion import CompletionWatcher
+from ct2mri_node.receive.scp import StoreSCP
+from ct2mri_node.receive.spool import Spool
+
+
+class Sink:
+    """Records completion reports (what the job store would get)."""
+
+    def __init__(self) -> None:
+        self.complete: list[str] = []
+
+    def series_received(self, series_uid: str, study_uid: str) -> None:
+        pass
+
+    def series_complete(self, series_uid: str, study_uid: str, last_instance_at: float) -> None:
+        self.complete.append(series_uid)
+
+
+class Receiver:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.spool = Spool(config.spool_dir)
+        self.spool.create()
+        self.sink = Sink()
+        self.watcher = CompletionWatcher(self.sink, config.series.quiet_period_s)
+        self.scp = StoreSCP(config.node, config.calling_aes, self.spool, self.watcher)
+
+    def __enter__(self) -> Receiver:
+        self.watcher.start()
+        self.scp.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.scp.stop()
+        self.watcher.stop()
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[Receiver]:
+    config = node_config(tmp_path, calling_aes=[{"ae_title": "PACS"}, {"ae_title": "SCANNER", "host": "10.9.9.9"}])
+    with Receiver(config) as rec:
+        yield rec
+
+
+def _scu(calling: str = "PACS") -> AE:
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+    ae.add_requested_context(CTImageStorage, [RLELossless])   # one context per syntax
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(MRImageStorage)
+    return ae
+
+
+def _send(rec: Receiver, paths: list[Path], calling: str = "PACS", called: str = "CT2MRI") -> list[int]:
+    assoc = _scu(calling).associate("127.0.0.1", rec.scp.port, ae_title=called)
+    assert assoc.is_established
+    try:
+        return [int(assoc.send_c_store(p).Status) for p in paths]
+    finally:
+        assoc.release()
+
+
+def _wait_complete(rec: Receiver, count: int, timeout_s: float = 15.0) -> list[str]:
+    import time
+
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end and len(rec.sink.complete) < count:
+        time.sleep(0.05)
+    return rec.sink.complete
+
+
+def test_echo_store_and_one_completion(receiver: Receiver, tmp_path: Path) -> None:
+    paths = make_ct_series(tmp_path / "ct", slices=6, size=16)
+    assoc = _scu().associate("127.0.0.1", receiver.scp.port, ae_title="CT2MRI")
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+    assert _send(receiver, paths) == [0] * 6
+    series = str(pydicom.dcmread(paths[0]).SeriesInstanceUID)
+    assert _wait_complete(receiver, 1) == [series]
+    spooled = receiver.spool.instance_paths(series)
+    assert len(spooled) == 6
+    assert pydicom.dcmread(spooled[0]).file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+
+
+def test_series_over_two_associations_completes_once(receiver: Receiver, tmp_path: Path) -> None:
+    paths = make_ct_series(tmp_path / "ct", slices=6, size=16)
+    scu = _scu()
+    first = scu.associate("127.0.0.1", receiver.scp.port, ae_title="CT2MRI")
+    second = scu.associate("127.0.0.1", receiver.scp.port, ae_title="CT2MRI")
+    assert [int(first.send_c_store(p).Status) for p in paths[:3]] == [0] * 3
+    first.release()
+    assert [int(second.send_c_store(p).Status) for p in paths[3:]] == [0] * 3
+    second.release()
+    assert _wait_complete(receiver, 1) and len(receiver.sink.complete) == 1
+    import time
+
+    time.sleep(0.7)
+    assert len(receiver.sink.complete) == 1
+
+
+def test_duplicates_are_ignored_and_compressed_accepted(receiver: Receiver, tmp_path: Path) -> None:
+    paths = make_ct_series(tmp_path / "ct", slices=3, size=16, transfer_syntax=RLELossless)
+    assert _send(receiver, paths + paths[:2]) == [0] * 5
+    series = str(pydicom.dcmread(paths[0]).SeriesInstanceUID)
+    _wait_complete(receiver, 1)
+    spooled = receiver.spool.instance_paths(series)
+    assert len(spooled) == 3
+    assert pydicom.dcmread(spooled[0]).file_meta.TransferSyntaxUID == RLELossless
+    received = {pydicom.dcmread(p).SOPInstanceUID: pydicom.dcmread(p).PixelData for p in spooled}
+    assert received == {pydicom.dcmread(p).SOPInstanceUID: pydicom.dcmread(p).PixelData for p in paths}
+
+
+def test_unknown_callers_and_wrong_called_ae_rejected(receiver: Receiver, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    for calling, called in (("INTRUDER", "CT2MRI"), ("SCANNER", "CT2MRI"), ("PACS", "WRONG")):
+        assoc = _scu(calling).associate("127.0.0.1", receiver.scp.port, ae_title=called)
+        assert assoc.is_rejected, (calling, called)
+    assert "rejected association from calling AE 'INTRUDER'" in caplog.text
+    assert "rejected association from calling AE 'SCANNER' at 127.0.0.1" in caplog.text
+
+
+def test_refused_sop_class_is_logged(receiver: Receiver, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    assoc = _scu().associate("127.0.0.1", receiver.scp.port, ae_title="CT2MRI")
+    assert assoc.is_established
+    assert MRImageStorage in [c.abstract_syntax for c in assoc.rejected_contexts]
+    assoc.release()
+    assert "refused presentation context" in caplog.text and MRImageStorage in caplog.text
+
+
+def test_spool_write_failure_answers_out_of_resources(receiver: Receiver, tmp_path: Path) -> None:
+    ok = make_ct_series(tmp_path / "ok", seed=1, slices=2, size=16)
+    assert _send(receiver, ok) == [0, 0]
+    bad = make_ct_series(tmp_path / "bad", seed=2, slices=2, size=16)
+    series = str(pydicom.dcmread(bad[0]).SeriesInstanceUID)
+    (receiver.spool.incoming / series).write_bytes(b"")   # the series folder cannot be made
+    assert _send(receiver, bad) == [0xA700, 0xA700]
+    ok_series = str(pydicom.dcmread(ok[0]).SeriesInstanceUID)
+    assert len(receiver.spool.instance_paths(ok_series)) == 2   # nothing accepted was lost
+
+
+def test_dcmtk_storescu(receiver: Receiver, tmp_path: Path) -> None:
+    make_ct_series(tmp_path / "ct", slices=5, size=16, shuffle_names=True)
+    done = subprocess.run(
+        ["storescu", "-aet", "PACS", "-aec", "CT2MRI", "+sd", "127.0.0.1", str(receiver.scp.port),
+         str(tmp_path / "ct")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    (series,) = _wait_complete(receiver, 1)
+    assert len(receiver.spool.instance_paths(series)) == 5
+
+
+def test_port_zero_and_free_port_helpers(tmp_path: Path) -> None:
+    port = free_port()
+    config = node_config(tmp_path, node={"ae_title": "CT2MRI", "port": port, "bind_address": "127.0.0.1"})
+    assert config.calling_aes == [] and CallingAE(ae_title="X").host is None
+    with Receiver(config) as rec:
+        assert rec.scp.port == port
+        assoc = _scu("ANYONE").associate("127.0.0.1", port, ae_title="CT2MRI")
+        assert assoc.is_established   # empty allow-list accepts any caller
+        assoc.release()

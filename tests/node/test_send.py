@@ -1,0 +1,81 @@
+"""Destinations: C-STORE with every status checked, rejection vs. unreachable, folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+from nodekit import CaptureSCP, free_port
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+from ct2mri_node.config import DicomDestination, FolderDestination
+from ct2mri_node.deliver.send import echo, send_series
+from ct2mri_node.errors import SendError
+
+
+def _mr_files(folder: Path, count: int = 3) -> list[Path]:
+    """Minimal MR Image Storage files (what the worker sends; content is not checked here)."""
+    folder.mkdir()
+    series, study = generate_uid(), generate_uid()
+    paths = []
+    for i in range(count):
+        ds = pydicom.Dataset()
+        ds.SOPClassUID = MRImageStorage
+        ds.SOPInstanceUID = generate_uid()
+        ds.SeriesInstanceUID, ds.StudyInstanceUID = series, study
+        ds.Modality = "MR"
+        ds.InstanceNumber = i + 1
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        path = folder / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def _dest(scp: CaptureSCP, **changes: object) -> DicomDestination:
+    return DicomDestination(**{**scp.destination(), **changes})
+
+
+def test_send_and_echo(capture: CaptureSCP, tmp_path: Path) -> None:
+    files = _mr_files(tmp_path / "mr")
+    echo(_dest(capture), "CT2MRI")
+    report = send_series(_dest(capture), files, "CT2MRI")
+    assert report.instances == 3 and report.seconds_to_first is not None
+    assert sorted(d.SOPInstanceUID for d in capture.datasets) == sorted(p.stem for p in files)
+
+
+@pytest.mark.parametrize(("status", "permanent"), [(0xB000, True), (0xA700, False), (0xC000, True)])
+def test_warning_and_failure_statuses_are_not_success(tmp_path: Path, status: int, permanent: bool) -> None:
+    scp = CaptureSCP(status=status).start()
+    try:
+        with pytest.raises(SendError, match=f"0x{status:04X}") as info:
+            send_series(_dest(scp), _mr_files(tmp_path / "mr"), "CT2MRI")
+        assert info.value.permanent is permanent
+    finally:
+        scp.stop()
+
+
+def test_rejected_association_is_permanent_and_down_is_transient(capture: CaptureSCP, tmp_path: Path) -> None:
+    files = _mr_files(tmp_path / "mr")
+    with pytest.raises(SendError, match="rejected the association") as rejected:
+        send_series(_dest(capture, ae_title="NOTARCHIVE"), files, "CT2MRI")
+    assert rejected.value.permanent
+    with pytest.raises(SendError, match="cannot connect") as down:
+        send_series(_dest(capture, port=free_port()), files, "CT2MRI")
+    assert not down.value.permanent
+    with pytest.raises(SendError, match="cannot connect"):
+        echo(_dest(capture, port=free_port()), "CT2MRI")
+
+
+def test_folder_destination(tmp_path: Path) -> None:
+    files = _mr_files(tmp_path / "mr")
+    dest = FolderDestination(name="local", type="folder", path=tmp_path / "outbox")
+    assert send_series(dest, files, "CT2MRI").instances == 3
+    series = str(pydicom.dcmread(files[0]).SeriesInstanceUID)
+    written = sorted((tmp_path / "outbox" / series).iterdir())
+    assert [p.name for p in written] == sorted(p.name for p in files)
+    assert written[0].read_bytes() == (tmp_path / "mr" / written[0].name).read_bytes()

@@ -1,0 +1,152 @@
+"""Spool durability rules, completion timing and the SQLite job store (no network)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from ct2mri_node.errors import JobError, SpoolError
+from ct2mri_node.jobs.store import JobStore
+from ct2mri_node.receive.completion import CompletionWatcher
+from ct2mri_node.receive.spool import InstanceHeader, Spool, StoreOutcome, is_valid_uid, read_header
+
+from nodekit import make_ct_series
+
+HEADER = InstanceHeader("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5", "1.2.3.4", "1.2.3")
+
+
+def test_uid_validation() -> None:
+    assert is_valid_uid("1.2.840.10008.1.2")
+    for bad in ("", "1..2", "../../etc", "1.2.a", "1." * 40 + "1", None, "1.2 "):
+        assert not is_valid_uid(bad)
+
+
+def test_store_duplicate_and_replace(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.create()
+    assert spool.store(b"first", HEADER) is StoreOutcome.STORED
+    assert spool.store(b"first", HEADER) is StoreOutcome.DUPLICATE
+    assert spool.store(b"second", HEADER) is StoreOutcome.REPLACED
+    (path,) = spool.instance_paths("1.2.3.4")
+    assert path.read_bytes() == b"second" and path.name == "1.2.3.4.5.dcm"
+    assert "different content" in caplog.text
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_store_failure_raises_spool_error_and_keeps_accepted(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.create()
+    spool.store(b"kept", HEADER)
+    # A file where the next series' folder must go: the write fails like a broken disk would.
+    (spool.incoming / "1.2.9").write_bytes(b"")
+    with pytest.raises(SpoolError, match="cannot write to the spool"):
+        spool.store(b"x", InstanceHeader(HEADER.sop_class_uid, "1.2.9.1", "1.2.9", "1.2.3"))
+    assert spool.instance_paths("1.2.3.4")[0].read_bytes() == b"kept"
+
+
+def test_read_header_of_a_real_file(tmp_path: Path) -> None:
+    paths = make_ct_series(tmp_path / "ct", slices=2, size=8)
+    header = read_header(paths[0])
+    assert is_valid_uid(header.series_uid) and is_valid_uid(header.study_uid)
+    with pytest.raises(SpoolError, match="unreadable"):
+        read_header(tmp_path / "ct" / "missing.dcm")
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.received: list[str] = []
+        self.complete: list[str] = []
+
+    def series_received(self, series_uid: str, study_uid: str) -> None:
+        self.received.append(series_uid)
+
+    def series_complete(self, series_uid: str, study_uid: str, last_instance_at: float) -> None:
+        self.complete.append(series_uid)
+
+
+def test_completion_waits_for_release_and_quiet_period() -> None:
+    now = [0.0]
+    sink = _Sink()
+    watcher = CompletionWatcher(sink, quiet_period_s=2.0, clock=lambda: now[0])
+    watcher.instance_received("1.1", "1", association=1)
+    watcher.instance_received("1.1", "1", association=2)   # second association, same series
+    now[0] = 10.0
+    assert watcher.check() == []                           # both still open
+    watcher.association_closed(1)
+    assert watcher.check() == []                           # association 2 still open
+    watcher.association_closed(2)
+    now[0] = 10.5
+    watcher.instance_received("1.1", "1", association=None)  # a late instance restarts the wait
+    now[0] = 12.0
+    assert watcher.check() == []
+    now[0] = 12.6
+    assert watcher.check() == ["1.1"]
+    assert watcher.check() == []
+    assert sink.received == ["1.1"] and sink.complete == ["1.1"]
+
+
+def test_job_store_lifecycle(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    store.series_received("1.2", "1")
+    store.series_received("1.2", "1")
+    store.series_complete("1.2", "1", 123.0)
+    store.series_complete("1.2", "1", 124.0)   # still open: same job
+    (job,) = store.list()
+    assert job.state == "queued" and job.last_instance_at == 124.0
+    claimed = store.claim()
+    assert claimed is not None and claimed.state == "translating" and claimed.attempts == 1
+    assert store.claim() is None
+    store.record_timing(job.id, "translation", 1.5)
+    store.record_delivery(job.id, "archive", "pending", "down")
+    store.defer(job.id, 60, "down")
+    assert store.claim() is None                # not due yet
+    store.fail(job.id, "gave up")
+    failed = store.get(job.id)
+    assert failed.state == "failed" and failed.reason == "gave up"
+    assert failed.timings == {"translation": 1.5}
+    assert failed.deliveries[0].reason == "down"
+    again = store.retry(job.id)
+    assert again.state == "queued" and again.attempts == 0
+    with pytest.raises(JobError, match="only failed or done"):
+        store.retry(job.id)
+    with pytest.raises(JobError, match="no job 99"):
+        store.get(99)
+    # a series arriving again after its job started gets a new job
+    assert store.claim() is not None
+    store.series_received("1.2", "1")
+    assert [j.state for j in store.list()] == ["translating", "received"]
+
+
+def test_claim_is_atomic_across_threads(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    for i in range(10):
+        store.enqueue(f"1.{i}", "1")
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def take() -> None:
+        local = JobStore(tmp_path / "jobs.sqlite3")
+        while (job := local.claim()) is not None:
+            with lock:
+                claimed.append(job.id)
+
+    threads = [threading.Thread(target=take) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == list(range(1, 11))
+
+
+def test_recover_requeues_interrupted_jobs(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    store.enqueue("1.1", "1")
+    job = store.claim()
+    assert job is not None
+    store.set_state(job.id, "sending")
+    reopened = JobStore(tmp_path / "jobs.sqlite3")
+    assert reopened.recover() == 1
+    assert reopened.get(job.id).state == "queued"
+    assert reopened.series_with_jobs() == {"1.1"}
