@@ -38,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim", help="sampler (default ddim)")
     parser.add_argument("--min-slices", type=int, default=8, help="fewest CT slices accepted (default 8)")
+    parser.add_argument("--max-slices", type=int, default=2000, help="most CT slices accepted (default 2000)")
+    parser.add_argument("--max-matrix", type=int, default=1024,
+                        help="largest rows or columns per CT slice accepted (default 1024)")
     parser.add_argument("--series-number-offset", type=int, default=1000,
                         help="MR SeriesNumber = CT SeriesNumber + this (default 1000)")
     parser.set_defaults(func=run)
@@ -77,13 +80,17 @@ def _options(args: argparse.Namespace) -> Any:
     from ..jobs.pipeline import PipelineOptions
     from ..volume.assemble import VolumeLimits
 
-    if args.steps < 1 or args.min_slices < 1:
-        raise ConfigError("--steps and --min-slices must be at least 1")
+    if min(args.steps, args.min_slices, args.max_slices, args.max_matrix) < 1:
+        raise ConfigError("--steps, --min-slices, --max-slices and --max-matrix must be at least 1")
+    if args.max_slices < args.min_slices:
+        raise ConfigError(f"--max-slices {args.max_slices} is below --min-slices {args.min_slices}")
     try:
         encode = EncodeOptions(series_number_offset=args.series_number_offset)
     except ValueError as exc:
         raise ConfigError(f"--series-number-offset: {exc}") from exc
-    return PipelineOptions(limits=VolumeLimits(min_slices=args.min_slices), encode=encode)
+    limits = VolumeLimits(min_slices=args.min_slices, max_slices=args.max_slices,
+                          max_rows=args.max_matrix, max_columns=args.max_matrix)
+    return PipelineOptions(limits=limits, encode=encode)
 
 
 def run(args: argparse.Namespace) -> int:

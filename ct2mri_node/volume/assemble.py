@@ -244,7 +244,8 @@ def _check_grid(frames: Sequence[Frame], limits: VolumeLimits) -> None:
     first = frames[0]
     if len(frames) < limits.min_slices:
         raise SeriesRejected(
-            f"the series has {len(frames)} slices; at least {limits.min_slices} are needed",
+            f"the series has {len(frames)} slices; at least {limits.min_slices} are needed "
+            "(series.min_slices of the node, --min-slices of translate). Send the whole series",
             "too_few_slices",
         )
     if (len(frames) > limits.max_slices or first.rows > limits.max_rows
