@@ -1,0 +1,147 @@
+"""Pre- and post-processing around the network (numpy and SimpleITK only, no torch).
+
+Pre-processing: CT HU are clipped to ``[hu_min, hu_max]`` (default -1024..2000, air to dense
+bone) and mapped linearly to [-1, 1]; the volume is resampled in index space, axis by axis,
+from the CT spacing to the model spacing (orientation and origin are untouched, only the
+sample count per axis changes; voxel centres are aligned at the half-voxel convention).
+
+Post-processing (after Ma, Chen & Liang 2026: "global normalisation + automatic contrast
+enhancement"):
+
+1. body mask from the CT: HU > -500, largest connected component, holes filled;
+2. global normalisation: the 1st/99th percentiles of the synthetic MR inside the body map to
+   0 and 1 (clipped), so volumes are comparable across patients whatever the model's scale;
+3. automatic contrast enhancement: contrast-limited histogram equalisation inside the body
+   (histogram clipped at 3x its mean bin, CLAHE-style, cumulative histogram as the mapping),
+   blended 50/50 with the normalised image so global contrast relations are kept; done on
+   the model grid. SimpleITK's AdaptiveHistogramEqualizationImageFilter was measured at
+   ~35 s on a 107x128x128 grid (2 cores), far over budget, so it is not used;
+4. zero outside the body, map [0, 1] -> 0..4095 (12 bits) and suggest a display window
+   spanning the 1st..99th percentiles inside the body.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import InputError
+
+log = logging.getLogger(__name__)
+
+MAX_12BIT = 4095
+BODY_THRESHOLD_HU = -500.0
+
+
+@dataclass(frozen=True)
+class IntensityMapping:
+    """Linear HU -> [-1, 1] mapping of the network input (stored in the checkpoint card)."""
+
+    hu_min: float = -1024.0
+    hu_max: float = 2000.0
+
+    def normalise(self, hu: np.ndarray) -> np.ndarray:
+        """Clip to [hu_min, hu_max] and map linearly to [-1, 1] (float32)."""
+        x = (np.clip(hu, self.hu_min, self.hu_max) - self.hu_min) / (self.hu_max - self.hu_min)
+        return (x * 2.0 - 1.0).astype(np.float32)
+
+
+def model_shape(shape: tuple[int, ...], spacing: tuple[float, ...], model_spacing: tuple[float, ...]) -> tuple[int, ...]:
+    """Samples per axis on the model grid covering the same extent (at least 1)."""
+    return tuple(max(1, int(round(n * s / m))) for n, s, m in zip(shape, spacing, model_spacing))
+
+
+def _resample_axis(arr: np.ndarray, axis: int, size: int) -> np.ndarray:
+    """Linear interpolation along one axis to ``size`` samples (half-voxel centre alignment)."""
+    n = arr.shape[axis]
+    if n == size:
+        return arr
+    pos = (np.arange(size, dtype=np.float64) + 0.5) * (n / size) - 0.5
+    pos = np.clip(pos, 0.0, n - 1)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, n - 1)
+    w = (pos - lo).astype(np.float32)
+    shape = [1] * arr.ndim
+    shape[axis] = size
+    w = w.reshape(shape)
+    return np.take(arr, lo, axis=axis) * (1 - w) + np.take(arr, hi, axis=axis) * w
+
+
+def resample(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Resample a 3D array to ``shape`` in index space, axis by axis (float32)."""
+    out = arr.astype(np.float32, copy=False)
+    for axis, size in enumerate(shape):
+        out = _resample_axis(out, axis, int(size))
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def check_ct(ct_hu: np.ndarray, min_size: int = 2) -> None:
+    """Raise InputError for what cannot be translated: wrong rank, tiny, non-finite."""
+    if ct_hu.ndim != 3:
+        raise InputError(f"the CT must be a 3D array (slice, row, column); got {ct_hu.ndim} dimensions")
+    if min(ct_hu.shape) < min_size:
+        raise InputError(f"the CT volume {ct_hu.shape} is too small: every axis needs at least {min_size} voxels")
+    if not np.isfinite(ct_hu).all():
+        raise InputError("the CT volume contains non-finite values (NaN or infinity); check the rescale attributes")
+
+
+def body_mask(ct_hu: np.ndarray, threshold: float = BODY_THRESHOLD_HU) -> np.ndarray:
+    """Body mask: HU above ``threshold``, largest connected component, holes filled (bool)."""
+    img = sitk.GetImageFromArray((ct_hu > threshold).astype(np.uint8))
+    components = sitk.RelabelComponent(sitk.ConnectedComponent(img), sortByObjectSize=True)
+    largest = sitk.Equal(components, 1)
+    filled = sitk.BinaryFillhole(largest)
+    return sitk.GetArrayFromImage(filled).astype(bool)
+
+
+def robust_range(values: np.ndarray, mask: np.ndarray, low: float = 1.0, high: float = 99.0) -> tuple[float, float]:
+    """The ``low``/``high`` percentiles inside ``mask`` (whole volume if the mask is empty)."""
+    inside = values[mask] if mask.any() else values.ravel()
+    lo, hi = np.percentile(inside, [low, high])
+    return float(lo), float(hi) if hi > lo else float(lo) + 1e-6
+
+
+def normalise_global(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Map the 1st/99th percentiles inside the mask to 0/1, clipped (float32)."""
+    lo, hi = robust_range(values, mask)
+    return np.clip((values - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def enhance_contrast(values: np.ndarray, mask: np.ndarray, bins: int = 256, clip: float = 3.0,
+                     blend: float = 0.5) -> np.ndarray:
+    """Contrast-limited histogram equalisation of a [0, 1] volume inside ``mask`` (float32).
+
+    The histogram of the body voxels is clipped at ``clip`` times its mean bin count (the
+    excess spread evenly, as in CLAHE, so no intensity range is stretched without limit), its
+    cumulative sum is the intensity mapping, and the result is blended ``blend``/``1 - blend``
+    with the input so that global contrast relations survive. O(voxels): ~0.1 s for 2 M voxels,
+    where SimpleITK's adaptive (local) equalisation took ~35 s on the same grid.
+    """
+    inside = values[mask] if mask.any() else values.ravel()
+    hist, edges = np.histogram(inside, bins=bins, range=(0.0, 1.0))
+    limit = clip * max(hist.mean(), 1.0)
+    excess = np.maximum(hist - limit, 0.0).sum()
+    clipped = np.minimum(hist, limit) + excess / bins
+    cdf = np.concatenate([[0.0], np.cumsum(clipped)])
+    cdf /= cdf[-1]
+    equalised = np.interp(values, edges, cdf).astype(np.float32)
+    return np.clip(blend * equalised + (1.0 - blend) * values, 0.0, 1.0).astype(np.float32)
+
+
+def to_uint12(values: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """[0, 1] -> uint16 0..4095, zero outside ``mask``; plus a window (center, width)."""
+    out = np.rint(np.clip(values, 0.0, 1.0) * MAX_12BIT).astype(np.uint16)
+    out[~mask] = 0
+    lo, hi = robust_range(out.astype(np.float32), mask)
+    lo, hi = max(lo, 0.0), min(hi, float(MAX_12BIT))
+    width = max(hi - lo, 1.0)
+    return out, (lo + hi) / 2.0, width
+
+
+def postprocess_model_grid(mr: np.ndarray, mask: np.ndarray, enhance: bool = True) -> np.ndarray:
+    """Global normalisation and contrast enhancement on the model grid -> [0, 1] float32."""
+    normalised = normalise_global(mr, mask)
+    return enhance_contrast(normalised, mask) if enhance else normalised

@@ -1,0 +1,235 @@
+"""The torch training loop: random patches, AdamW, optional EMA, resumable state.
+
+Input is a list of :class:`PreparedCase` (CT and MR already on the model grid, both in
+[-1, 1]). Diffusion architectures learn the scheduler's target (v) from concat(x_t, CT);
+the regression UNet learns MR from CT with an L1 loss. The ``last.pt`` file in the run
+directory holds weights, optimiser, EMA, iteration and RNG states; a run started again with
+the same output directory resumes from it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import CheckpointError, DataError
+from .diffusion import training_scheduler, training_target
+from .networks import build_network
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "last.pt"
+MASK_BIAS = 0.9  # probability that a patch is centred on a body voxel
+
+
+@dataclass
+class PreparedCase:
+    """One training pair on the model grid: CT and MR in [-1, 1], body mask."""
+
+    name: str
+    ct: np.ndarray
+    mr: np.ndarray
+    mask: np.ndarray
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything that defines a training run's budget and randomness."""
+
+    arch: str
+    network: dict[str, Any]
+    scheduler: dict[str, Any]
+    iterations: int = 1000
+    batch_size: int = 2
+    patch: int = 32
+    lr: float = 2e-4
+    seed: int = 0
+    val_every: int = 100
+    ema_decay: float = 0.999
+
+
+@dataclass
+class TrainOutcome:
+    """What a run produced: the final network (EMA weights if used), iterations and losses."""
+
+    network: nn.Module
+    iterations: int
+    last_loss: float
+    val_losses: list[tuple[int, float]]
+    seconds: float
+    resumed_from: int
+
+
+def _pad_to(arr: np.ndarray, size: int, value: float) -> np.ndarray:
+    pads = [(0, max(0, size - n)) for n in arr.shape]
+    return np.pad(arr, pads, constant_values=value) if any(p[1] for p in pads) else arr
+
+
+def pad_case(case: PreparedCase, patch: int) -> PreparedCase:
+    """Pad a case with air/background so every axis holds at least one patch."""
+    return PreparedCase(case.name, _pad_to(case.ct, patch, -1.0), _pad_to(case.mr, patch, -1.0),
+                        _pad_to(case.mask, patch, False))
+
+
+class PatchSampler:
+    """Random patches, centred on a body voxel with probability ``MASK_BIAS``."""
+
+    def __init__(self, cases: Sequence[PreparedCase], patch: int) -> None:
+        if not cases:
+            raise DataError("no training cases: the data folder holds no usable case")
+        self.cases = [pad_case(c, patch) for c in cases]
+        self.patch = patch
+        self._body = [np.argwhere(c.mask) for c in self.cases]
+
+    def _corner(self, rng: np.random.Generator, index: int) -> tuple[int, ...]:
+        shape = self.cases[index].ct.shape
+        body = self._body[index]
+        if len(body) and rng.random() < MASK_BIAS:
+            centre = body[rng.integers(len(body))]
+        else:
+            centre = np.array([rng.integers(n) for n in shape])
+        return tuple(int(np.clip(c - self.patch // 2, 0, n - self.patch)) for c, n in zip(centre, shape))
+
+    def batch(self, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ct, mr) patches, each (size, 1, P, P, P) float32."""
+        cts, mrs = [], []
+        for _ in range(size):
+            i = int(rng.integers(len(self.cases)))
+            z, y, x = self._corner(rng, i)
+            sl = np.s_[z:z + self.patch, y:y + self.patch, x:x + self.patch]
+            cts.append(self.cases[i].ct[sl])
+            mrs.append(self.cases[i].mr[sl])
+        return torch.from_numpy(np.stack(cts)[:, None].copy()), torch.from_numpy(np.stack(mrs)[:, None].copy())
+
+
+class Objective:
+    """The loss of one architecture on a batch of (ct, mr) patches."""
+
+    def __init__(self, arch: str, scheduler_config: dict[str, Any]) -> None:
+        self.arch = arch
+        self.scheduler = training_scheduler(scheduler_config) if arch != "unet" else None
+
+    def loss(self, network: nn.Module, ct: torch.Tensor, mr: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        if self.scheduler is None:
+            return F.l1_loss(network(ct, None), mr)
+        noise = torch.randn(mr.shape, generator=gen)
+        t = torch.randint(0, self.scheduler.num_train_timesteps, (mr.shape[0],), generator=gen)
+        noisy = self.scheduler.add_noise(mr, noise, t)
+        target = training_target(self.scheduler, mr, noise, t)
+        return F.mse_loss(network(torch.cat([noisy, ct], dim=1), t), target)
+
+
+def _rng_state(rng: np.random.Generator, gen: torch.Generator) -> dict[str, Any]:
+    return {"numpy": rng.bit_generator.state, "torch": gen.get_state()}
+
+
+def _save_state(path: Path, iteration: int, network: nn.Module, ema: nn.Module | None,
+                opt: torch.optim.Optimizer, rng: np.random.Generator, gen: torch.Generator,
+                settings: TrainSettings, val_losses: list[tuple[int, float]]) -> None:
+    state = {
+        "iteration": iteration, "network": network.state_dict(), "optimizer": opt.state_dict(),
+        "ema": ema.state_dict() if ema is not None else None, "rng": _rng_state(rng, gen),
+        "settings": asdict(settings), "val_losses": val_losses,
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def _load_state(path: Path, settings: TrainSettings) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, weights_only=False)
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise CheckpointError(f"{path}: cannot resume from a corrupt training state ({exc}); delete it to restart") from exc
+    if state.get("settings", {}).get("arch") != settings.arch or state["settings"]["network"] != settings.network:
+        raise CheckpointError(f"{path}: the saved run used another architecture or network config; "
+                              "use a new --out directory or the original options")
+    return state
+
+
+def _validate(network: nn.Module, objective: Objective, batches: list[tuple[torch.Tensor, torch.Tensor]],
+              seed: int) -> float:
+    gen = torch.Generator().manual_seed(seed)
+    network.eval()
+    with torch.no_grad():
+        total = sum(float(objective.loss(network, ct, mr, gen)) for ct, mr in batches)
+    network.train()
+    return total / max(1, len(batches))
+
+
+def _ema_update(ema: nn.Module, network: nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), network.parameters()):
+            e.lerp_(p, 1.0 - decay)
+
+
+def train(cases: Sequence[PreparedCase], settings: TrainSettings, run_dir: Path,
+          on_step: Callable[[int, float], None] | None = None) -> TrainOutcome:
+    """Train (or resume) for ``settings.iterations`` iterations; state saved in ``run_dir``."""
+    start = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(settings.seed)
+    network = build_network(settings.arch, settings.network)
+    network.train()
+    ema = copy.deepcopy(network).requires_grad_(False) if settings.ema_decay > 0 else None
+    opt = torch.optim.AdamW(network.parameters(), lr=settings.lr, weight_decay=1e-4)
+    rng = np.random.default_rng(settings.seed)
+    gen = torch.Generator().manual_seed(settings.seed)
+    sampler = PatchSampler(cases, settings.patch)
+    objective = Objective(settings.arch, settings.scheduler)
+    val_rng = np.random.default_rng(settings.seed + 1)
+    val_batches = [sampler.batch(val_rng, settings.batch_size) for _ in range(4)]
+    iteration, val_losses, loss_value = 0, [], math.nan
+    state = _load_state(run_dir / STATE_FILE, settings)
+    if state is not None:
+        iteration, val_losses = int(state["iteration"]), list(state["val_losses"])
+        network.load_state_dict(state["network"])
+        opt.load_state_dict(state["optimizer"])
+        if ema is not None and state["ema"] is not None:
+            ema.load_state_dict(state["ema"])
+        rng.bit_generator.state = state["rng"]["numpy"]
+        gen.set_state(state["rng"]["torch"])
+        log.info("resuming %s training at iteration %d", settings.arch, iteration)
+    resumed_from = iteration
+
+    def save() -> None:
+        _save_state(run_dir / STATE_FILE, iteration, network, ema, opt, rng, gen, settings, val_losses)
+
+    try:
+        while iteration < settings.iterations:
+            ct, mr = sampler.batch(rng, settings.batch_size)
+            loss = objective.loss(network, ct, mr, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(network.parameters(), 1.0)
+            opt.step()
+            if ema is not None:
+                _ema_update(ema, network, min(settings.ema_decay, (1 + iteration) / (10 + iteration)))
+            iteration += 1
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise CheckpointError(f"training diverged at iteration {iteration} (loss {loss_value}); lower --lr")
+            if on_step is not None:
+                on_step(iteration, loss_value)
+            if settings.val_every and iteration % settings.val_every == 0:
+                val_losses.append((iteration, _validate(ema or network, objective, val_batches, settings.seed)))
+                log.info("iteration %d: train loss %.4f, validation loss %.4f", iteration, loss_value, val_losses[-1][1])
+                save()
+    finally:
+        save()
+    final = ema if ema is not None else network
+    final.eval()
+    return TrainOutcome(final, iteration, loss_value, val_losses, time.perf_counter() - start, resumed_from)

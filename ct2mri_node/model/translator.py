@@ -1,0 +1,159 @@
+"""CT volume in HU -> synthetic MR volume (uint16, 12 bits) on the same grid.
+
+The one entry point everyone else uses (see docs/architecture.md). Steps: check the input,
+body mask, HU -> [-1, 1], resample to the model spacing, sample (diffusion: ``steps`` DDIM or
+DDPM steps, each a sliding-window pass; unet: one pass), global normalisation and contrast
+enhancement on the model grid, resample back to the exact CT shape, 12-bit mapping.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import InputError, ModelError
+from . import pre_post
+from .checkpoint import Checkpoint, load_checkpoint
+from .diffusion import sampling_plan
+from .sampler import EvalCounter, WindowSpec, predict_regression, sample_diffusion
+
+log = logging.getLogger(__name__)
+
+CPU_MIN_BATCH = 2
+
+
+@dataclass(frozen=True)
+class TranslationSettings:
+    """How to sample: steps, sampler, seed, device and sliding-window parameters."""
+
+    steps: int = 20
+    sampler: str = "ddim"
+    seed: int = 0
+    device: str = "auto"
+    overlap: float = 0.25
+    sw_batch_size: int = 1
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Identity of the model that made a result (goes into the DICOM output)."""
+
+    name: str
+    version: str
+    architecture: str
+    weight_hash: str
+    description: str
+
+
+@dataclass
+class TranslationResult:
+    """A synthetic MR volume on the CT grid and how it was made."""
+
+    mr: np.ndarray
+    window_center: float
+    window_width: float
+    model: ModelInfo
+    settings: TranslationSettings
+    device: str
+    network_evaluations: int
+    seconds: float
+
+
+def resolve_device(name: str) -> tuple[torch.device, torch.dtype | None]:
+    """The compute device for ``name`` and its autocast dtype (bf16 if supported, else fp16; CPU: none)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ModelError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cpu":
+        return device, None
+    if device.type != "cuda":
+        raise ModelError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ModelError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if device.index >= torch.cuda.device_count():
+        raise ModelError(f"device {name!r} does not exist: {torch.cuda.device_count()} CUDA device(s) visible")
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return device, dtype
+
+
+class Translator:
+    """Loads a checkpoint once and translates CT volumes to synthetic MR volumes."""
+
+    def __init__(self, checkpoint: str | os.PathLike[str] = "bundled",
+                 settings: TranslationSettings = TranslationSettings()) -> None:
+        self.settings = settings
+        self._ckpt: Checkpoint = load_checkpoint(checkpoint)
+        card = self._ckpt.card
+        self.model_info = ModelInfo(card.name, card.version, card.architecture, self._ckpt.weight_hash, card.description)
+        self._device, self._autocast = resolve_device(settings.device)
+        if card.architecture != "unet":
+            sampling_plan(card.scheduler, settings.sampler, settings.steps)  # validate settings early
+        if not 0.0 <= settings.overlap < 1.0 or settings.sw_batch_size < 1:
+            raise ModelError("overlap must be in [0, 1) and sw_batch_size >= 1")
+        self._network = self._ckpt.network.to(self._device)
+        ct_map = card.intensity.get("ct", {})
+        self._mapping = pre_post.IntensityMapping(float(ct_map.get("hu_min", -1024.0)), float(ct_map.get("hu_max", 2000.0)))
+        log.info("model %s %s (%s) on %s", card.name, card.version, card.architecture, self._device)
+
+    @property
+    def device(self) -> str:
+        """The compute device actually used, e.g. "cpu" or "cuda:0"."""
+        return str(self._device)
+
+    def translate(self, ct_hu: np.ndarray, spacing: tuple[float, float, float],
+                  progress: Callable[[int, int], None] | None = None) -> TranslationResult:
+        """Translate ``ct_hu`` (float32 slice,row,col in HU, ``spacing`` in mm) to synthetic MR."""
+        start = time.perf_counter()
+        ct_hu = np.asarray(ct_hu, dtype=np.float32)
+        pre_post.check_ct(ct_hu)
+        if len(spacing) != 3 or min(spacing) <= 0:
+            raise InputError(f"spacing must be three positive values in mm, got {spacing}")
+        mask = pre_post.body_mask(ct_hu)
+        grid = pre_post.model_shape(ct_hu.shape, tuple(spacing), self._ckpt.card.spacing_mm)
+        ct_model = pre_post.resample(self._mapping.normalise(ct_hu), grid)
+        mask_model = pre_post.resample(mask.astype(np.float32), grid) > 0.5
+        counter = EvalCounter()
+        raw = self._sample(ct_model, counter, progress)
+        if not np.isfinite(raw).all():
+            raise ModelError("the network produced non-finite values; the checkpoint may be corrupt or diverged")
+        enhanced = pre_post.postprocess_model_grid(raw, mask_model)
+        back = pre_post.resample(enhanced, ct_hu.shape)
+        mr, center, width = pre_post.to_uint12(back, mask)
+        seconds = time.perf_counter() - start
+        log.info("translated a %s volume (model grid %s) in %.1f s, %d network evaluations",
+                 ct_hu.shape, grid, seconds, counter.count)
+        return TranslationResult(mr, center, width, self.model_info, self.settings, self.device, counter.count, seconds)
+
+    def _batch(self) -> int:
+        """Patches per network call: on the CPU at least 2, since torch sends a single 3D patch of
+        a narrow layer to a ~3x slower convolution path (measured: 0.24 s vs 0.07 s per 32^3 patch)."""
+        if self._device.type == "cpu":
+            return max(CPU_MIN_BATCH, self.settings.sw_batch_size)
+        return self.settings.sw_batch_size
+
+    def _sample(self, ct_model: np.ndarray, counter: EvalCounter,
+                progress: Callable[[int, int], None] | None) -> np.ndarray:
+        card = self._ckpt.card
+        spec = WindowSpec(card.patch_size, self.settings.overlap, self._batch(), self._device, self._autocast)
+        ct = torch.from_numpy(ct_model)[None, None]
+        try:
+            if card.architecture == "unet":
+                out = predict_regression(self._network, ct, spec, counter, progress)
+            else:
+                plan = sampling_plan(card.scheduler, self.settings.sampler, self.settings.steps)
+                generator = torch.Generator(device="cpu").manual_seed(self.settings.seed)
+                out = sample_diffusion(self._network, ct, plan, spec, generator, counter, progress)
+        except torch.cuda.OutOfMemoryError as exc:
+            raise ModelError(f"out of GPU memory on {self.device}; lower sw_batch_size or use --device cpu") from exc
+        return out[0, 0].numpy()

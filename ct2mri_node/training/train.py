@@ -1,0 +1,133 @@
+"""Training orchestration: SynthRAD-layout folder -> prepared cases -> trainer -> checkpoint.
+
+Every case is resampled once to the model spacing (index space, as at inference), the CT is
+mapped HU -> [-1, 1] with the card's mapping and the MR is normalised per case: its 1st/99th
+percentiles inside the body mask map to -1/1 (clipped). ``run_training`` writes the run state
+(``last.pt``, resumable) and, at the end, the checkpoint (``model.safetensors`` + ``card.json``)
+into the output directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..model import pre_post
+from ..model.checkpoint import ModelCard, save_checkpoint
+from ..model.diffusion import scheduler_config
+from ..model.networks import ARCHITECTURES, matched_base_channels, network_config, patch_multiple
+from ..model.trainer import PreparedCase, TrainOutcome, TrainSettings, train
+from . import pairs
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+DEMO_DESCRIPTION = "demonstration model trained on synthetic phantoms, not on patients; not for diagnosis"
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """What `ct2mri-node train` asks for (command-line options)."""
+
+    data: Path
+    out: Path
+    arch: str = "enhanced"
+    iterations: int = 2000
+    batch_size: int = 2
+    patch: int = 32
+    lr: float = 2e-4
+    seed: int = 0
+    spacing_mm: float = 4.0
+    base_channels: int = 16
+    val_every: int = 100
+    name: str | None = None
+    description: str = DEMO_DESCRIPTION
+    command: str = field(default_factory=lambda: shlex.join(["ct2mri-node", *sys.argv[1:]]))
+
+
+def validate(request: TrainRequest) -> None:
+    """Raise ConfigError for options that cannot make a training run."""
+    if request.arch not in ARCHITECTURES:
+        raise ConfigError(f"--arch must be one of {', '.join(ARCHITECTURES)}, got {request.arch!r}")
+    multiple = patch_multiple(network_config(request.arch))
+    if request.patch < multiple or request.patch % multiple:
+        raise ConfigError(f"--patch must be a positive multiple of {multiple}, got {request.patch}")
+    for name in ("iterations", "batch_size", "base_channels"):
+        if getattr(request, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+    if request.lr <= 0 or request.spacing_mm <= 0 or request.val_every < 0:
+        raise ConfigError("--lr and --spacing must be positive and --val-every not negative")
+
+
+def base_channels(request: TrainRequest) -> int:
+    """Width of ``arch``: ``--base-channels`` for "enhanced"; baselines widened to match its size.
+
+    So that the comparison is at a similar parameter count, ``--base-channels`` always names the
+    width of the enhanced reference, and "ddpm"/"unet" get the width closest to its parameter count.
+    """
+    if request.arch == "enhanced":
+        return request.base_channels
+    return matched_base_channels(request.arch, network_config("enhanced", base_channels=request.base_channels))
+
+
+def prepare_case(case: pairs.PairedCase, spacing_mm: float, mapping: pre_post.IntensityMapping) -> PreparedCase:
+    """Resample a paired case to the model spacing and normalise CT and MR to [-1, 1]."""
+    target = (spacing_mm,) * 3
+    grid = pre_post.model_shape(case.ct.shape, case.spacing, target)
+    ct = pre_post.resample(mapping.normalise(case.ct), grid)
+    mr = pre_post.resample(case.mr, grid)
+    mask = pre_post.resample(case.mask.astype(np.float32), grid) > 0.5
+    mr = pre_post.normalise_global(mr, mask) * 2.0 - 1.0
+    return PreparedCase(case.name, ct, mr.astype(np.float32), mask)
+
+
+def load_prepared(data: Path, spacing_mm: float, mapping: pre_post.IntensityMapping) -> list[PreparedCase]:
+    """Every case of a SynthRAD-layout folder, prepared for training."""
+    prepared = []
+    for case_dir in pairs.list_cases(data):
+        prepared.append(prepare_case(pairs.load_case(case_dir), spacing_mm, mapping))
+        log.debug("prepared case %s: %s", case_dir.name, prepared[-1].ct.shape)
+    return prepared
+
+
+def make_card(request: TrainRequest, settings: TrainSettings, outcome: TrainOutcome, n_cases: int) -> ModelCard:
+    """The model card for a finished run."""
+    return ModelCard(
+        name=request.name or f"ct2mri-{request.arch}-demo",
+        version=VERSION,
+        architecture=request.arch,
+        network=settings.network,
+        scheduler=settings.scheduler,
+        spacing_mm=(request.spacing_mm,) * 3,
+        patch_size=(request.patch,) * 3,
+        description=request.description,
+        training_data=f"{n_cases} paired CT/MR cases from {request.data.name} (SynthRAD layout)",
+        training_command=request.command,
+        seed=request.seed,
+        iterations=outcome.iterations,
+        evaluation={"validation_loss": outcome.val_losses[-1][1]} if outcome.val_losses else {},
+    )
+
+
+def run_training(request: TrainRequest, cases: Sequence[PreparedCase] | None = None,
+                 on_step: Callable[[int, float], None] | None = None) -> tuple[Path, TrainOutcome]:
+    """Train (resuming if ``out`` holds a run state) and save the checkpoint into ``out``."""
+    validate(request)
+    mapping = pre_post.IntensityMapping()
+    if cases is None:
+        cases = load_prepared(request.data, request.spacing_mm, mapping)
+    settings = TrainSettings(
+        arch=request.arch, network=network_config(request.arch, base_channels=base_channels(request)),
+        scheduler=scheduler_config(), iterations=request.iterations, batch_size=request.batch_size,
+        patch=request.patch, lr=request.lr, seed=request.seed, val_every=request.val_every,
+    )
+    outcome = train(cases, settings, request.out, on_step)
+    card = make_card(request, settings, outcome, len(cases))
+    return save_checkpoint(request.out, card, outcome.network), outcome
