@@ -1,4 +1,9 @@
-"""``ct2mri-node status``: list jobs with state, timings and reasons."""
+"""``ct2mri-node status``: list jobs with state, timings, reasons and provenance.
+
+``--json`` prints one object per job: the job record plus ``provenance`` (source UIDs, model
+name, version and weight hash, sampler, steps, seed, output series UID, per-destination
+results and timings), read from the durable job store, so it survives restarts.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from pathlib import Path
 from ..config import load_config
 from ..errors import SpoolError
 from ..jobs.store import Job, JobStore
+from ..ops.provenance import job_report
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +41,7 @@ def open_store(config_path: Path | None) -> JobStore:
     return JobStore(db)
 
 
-def _line(job: Job) -> str:
+def _line(job: Job, provenance: dict[str, object] | None = None) -> str:
     when = datetime.fromtimestamp(job.created_at).strftime("%Y-%m-%d %H:%M:%S")
     timings = " ".join(f"{k}={v:.2f}s" for k, v in job.timings.items() if not k.endswith("_at"))
     text = f"{job.id:>5}  {job.state:<11} {when}  attempts={job.attempts}  series={job.series_uid}"
@@ -45,16 +51,22 @@ def _line(job: Job) -> str:
         text += f"\n       -> {d.destination}: {d.state}" + (f" ({d.reason})" if d.reason else "")
     if job.reason:
         text += f"\n       reason: {job.reason}"
+    if provenance:
+        model, sampling, output = (dict(provenance[k]) for k in ("model", "sampling", "output"))  # type: ignore[call-overload]
+        text += (f"\n       model {model['name']} {model['version']} (sha256 {str(model['weight_hash'])[:12]}),"
+                 f" {sampling['sampler']} {sampling['steps']} steps seed {sampling['seed']};"
+                 f" MR series {output['series_uid']} ({output['instances']} instances)")
     return text
 
 
 def run(args: argparse.Namespace) -> int:
-    jobs = open_store(args.config).list()
+    store = open_store(args.config)
+    jobs = store.list()
     if args.json:
-        print(json.dumps([j.as_dict() for j in jobs], indent=2))
+        print(json.dumps([job_report(store, j) for j in jobs], indent=2))
         return 0
     if not jobs:
         print("no jobs")
     for job in jobs:
-        print(_line(job))
+        print(_line(job, store.provenance(job.id)))
     return 0

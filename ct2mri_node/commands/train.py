@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 from pathlib import Path
+from types import FrameType
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.set_defaults(func=run)
 
 
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM (systemd, kill, a job scheduler) stops training like Ctrl-C: state is saved."""
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -46,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         patch=args.patch, lr=args.lr, seed=args.seed, spacing_mm=args.spacing, base_channels=args.base_channels,
         val_every=args.val_every, name=args.name,
     )
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     with tqdm(total=args.iterations, desc=f"train {args.arch}", unit="it") as bar:
         def on_step(iteration: int, loss: float) -> None:
             bar.n = iteration

@@ -1,0 +1,172 @@
+"""Ingest throughput: our SCP (durable, fsynced spool) vs pynetdicom's storescp vs dcmtk's storescp.
+
+Each receiver gets the same generated CT series (default 300 slices of 512x512) from dcmtk's
+``storescu`` (a C sender, so that the sender is not the bottleneck), first over one association,
+then split over 4 associations at once. Prints images/s per receiver and the ratios, all measured
+in this one run. ``TCP_NODELAY=1`` is set for dcmtk. dcmtk's storescp listens on every
+interface, so the script re-runs itself inside a private network namespace with only loopback
+when it can (root); ``--no-namespace`` skips that.
+
+    .venv/bin/python benchmarks/ingest.py                 # 300 x 512 x 512
+    .venv/bin/python benchmarks/ingest.py --slices 60     # quicker
+
+Targets (issue 5): our SCP at least as fast as pynetdicom's storescp while also fsyncing;
+4 associations not slower in aggregate than 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from ct2mri_node.config import NodeSettings
+from ct2mri_node.receive.completion import CompletionWatcher
+from ct2mri_node.receive.scp import StoreSCP
+from ct2mri_node.receive.spool import Spool
+from ct2mri_node.training.ct_dicom import write_ct_series
+
+_MARK = "CT2MRI_BENCH_IN_NAMESPACE"
+
+
+class _NullSink:
+    def series_received(self, series_uid: str, study_uid: str) -> None: ...
+    def series_complete(self, series_uid: str, study_uid: str, last_instance_at: float) -> None: ...
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_port(port: int, timeout_s: float = 20.0) -> None:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    sys.exit(f"receiver on port {port} did not start")
+
+
+@contextmanager
+def ours(folder: Path) -> Iterator[int]:
+    spool = Spool(folder)
+    spool.create()
+    watcher = CompletionWatcher(_NullSink(), 3600)
+    scp = StoreSCP(NodeSettings(ae_title="CT2MRI", port=0, bind_address="127.0.0.1"), [], spool, watcher)
+    scp.start()
+    try:
+        yield scp.port
+    finally:
+        scp.stop()
+
+
+@contextmanager
+def external(argv: Callable[[int], list[str]]) -> Iterator[int]:
+    port = _free_port()
+    proc = subprocess.Popen(argv(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_port(port)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def pynetdicom_storescp(folder: Path) -> Callable[[int], list[str]]:
+    return lambda port: [sys.executable, "-m", "pynetdicom", "storescp", str(port), "-ba", "127.0.0.1",
+                         "-od", str(folder), "-aet", "CT2MRI"]
+
+
+def dcmtk_storescp(folder: Path) -> Callable[[int], list[str]]:
+    return lambda port: ["storescp", "-aet", "CT2MRI", "-od", str(folder), str(port)]
+
+
+def send(port: int, files: list[Path], associations: int) -> float:
+    """Send ``files`` with dcmtk storescu over ``associations`` concurrent associations; seconds."""
+    groups = [files[i::associations] for i in range(associations)]
+    start = time.perf_counter()
+    procs = [subprocess.Popen(["storescu", "-R", "-aec", "CT2MRI", "127.0.0.1", str(port), *map(str, g)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for g in groups]
+    for proc in procs:
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            sys.exit(f"storescu failed: {err.decode(errors='replace')[-500:]}")
+    return time.perf_counter() - start
+
+
+def _series(folder: Path, slices: int, size: int) -> list[Path]:
+    z, y, x = np.mgrid[0:slices, 0:size, 0:size]
+    r = np.hypot(y - size / 2, x - size / 2)
+    hu = np.where(r < size * 0.4, 40.0 + (z % 7), -1000.0).astype(np.float32)
+    return write_ct_series(hu, (1.0, 0.8, 0.8), folder, seed=3)
+
+
+def run(slices: int, size: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        print(f"generating {slices} x {size} x {size} CT ...", flush=True)
+        files = _series(root / "ct", slices, size)
+        receivers = {
+            "ct2mri-node SCP (fsync)": lambda d: ours(d),
+            "pynetdicom storescp": lambda d: external(pynetdicom_storescp(d)),
+            "dcmtk storescp": lambda d: external(dcmtk_storescp(d)),
+        }
+        rates: dict[tuple[str, int], float] = {}
+        for name, make in receivers.items():
+            for assocs in (1, 4):
+                out = root / f"out-{len(rates)}"
+                out.mkdir()
+                with make(out) as port:
+                    seconds = send(port, files, assocs)
+                rates[(name, assocs)] = len(files) / seconds
+                print(f"  {name:<26} {assocs} assoc: {len(files) / seconds:7.1f} images/s ({seconds:.2f} s)", flush=True)
+                shutil.rmtree(out, ignore_errors=True)
+        _ratios(rates)
+
+
+def _ratios(rates: dict[tuple[str, int], float]) -> None:
+    ours_name, pyn, dcmtk = "ct2mri-node SCP (fsync)", "pynetdicom storescp", "dcmtk storescp"
+    for assocs in (1, 4):
+        print(f"ratio ours/pynetdicom ({assocs} assoc): {rates[(ours_name, assocs)] / rates[(pyn, assocs)]:.2f}"
+              f"   ours/dcmtk: {rates[(ours_name, assocs)] / rates[(dcmtk, assocs)]:.2f}")
+    print(f"ratio ours 4 assoc / 1 assoc: {rates[(ours_name, 4)] / rates[(ours_name, 1)]:.2f}"
+          "  (targets: ours/pynetdicom >= 1, 4/1 >= 1)")
+
+
+def _reexec_in_namespace() -> None:
+    """Run this script again inside ``unshare -n`` with loopback up (root only)."""
+    if os.environ.get(_MARK) or os.geteuid() != 0 or shutil.which("unshare") is None:
+        return
+    env = {**os.environ, _MARK: "1", "TCP_NODELAY": "1"}
+    cmd = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" "$@"', sys.executable, *sys.argv]
+    sys.exit(subprocess.call(cmd, env=env))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--no-namespace", action="store_true", help="do not enter a private network namespace")
+    args = parser.parse_args()
+    os.environ["TCP_NODELAY"] = "1"
+    if not args.no_namespace:
+        _reexec_in_namespace()
+    run(args.slices, args.size)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Inside a private network namespace (loopback only): Orthanc as a real PACS, our node beside it.
+
+Run by test_orthanc.py as ``unshare -n sh -c 'ip link set lo up && exec python THIS WORKDIR CKPT'``.
+Starts Orthanc with a JSON config (authentication on, remote access off), uploads a generated
+CT series through its REST API, has Orthanc push the series to the node
+(``POST /modalities/ct2mri/store``), waits for the node's job, and prints as JSON what Orthanc
+then holds in the CT's study, for the test to check. Fixed ports are fine: the namespace is ours.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "node"))
+from nodekit import make_ct_series  # noqa: E402
+
+from ct2mri_node.config import parse_config  # noqa: E402
+from ct2mri_node.model.translator import TranslationSettings, Translator  # noqa: E402
+from ct2mri_node.node import Node  # noqa: E402
+
+USER, PASSWORD = "ops", "roundtrip-secret"
+HTTP, DICOM, NODE = 8042, 4242, 11112
+AUTH = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+
+
+def rest(method: str, path: str, body: bytes | str | None = None) -> Any:
+    """One authenticated call to Orthanc's REST API; the decoded JSON answer."""
+    data = body.encode() if isinstance(body, str) else body
+    req = urllib.request.Request(f"http://127.0.0.1:{HTTP}{path}", data=data, method=method,
+                                 headers={"Authorization": AUTH})
+    with urllib.request.urlopen(req, timeout=60) as rsp:
+        raw = rsp.read()
+    return json.loads(raw) if raw else None
+
+
+def start_orthanc(work: Path) -> subprocess.Popen[bytes]:
+    config = {
+        "Name": "ct2mri-roundtrip", "StorageDirectory": str(work / "orthanc-db"),
+        "IndexDirectory": str(work / "orthanc-db"), "HttpPort": HTTP, "DicomPort": DICOM,
+        "DicomAet": "ORTHANC", "RemoteAccessAllowed": False, "AuthenticationEnabled": True,
+        "RegisteredUsers": {USER: PASSWORD}, "Plugins": [],
+        "DicomModalities": {"ct2mri": ["CT2MRI", "127.0.0.1", NODE]},
+    }
+    (work / "orthanc.json").write_text(json.dumps(config))
+    log = (work / "orthanc.log").open("wb")
+    proc = subprocess.Popen(["Orthanc", str(work / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "TCP_NODELAY": "1"})
+    for _ in range(200):
+        try:
+            rest("GET", "/system")
+            return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("Orthanc did not start; see " + str(work / "orthanc.log"))
+
+
+def start_node(work: Path, checkpoint: str) -> Node:
+    config = parse_config({
+        "node": {"ae_title": "CT2MRI", "port": NODE, "bind_address": "127.0.0.1"},
+        "calling_aes": [{"ae_title": "ORTHANC", "host": "127.0.0.1"}],
+        "destinations": [{"name": "pacs", "type": "dicom", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": DICOM}],
+        "spool_dir": "spool", "series": {"quiet_period_s": 0.3, "min_slices": 8},
+        "worker": {"max_attempts": 2, "backoff_initial_s": 0.2, "poll_interval_s": 0.1},
+    }, work, "roundtrip")
+    node = Node(config, translator=Translator(checkpoint, TranslationSettings(steps=2, device="cpu")))
+    node.start()
+    return node
+
+
+def wait_job(node: Node, timeout_s: float = 120) -> Any:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        jobs = node.store.list() if node.store is not None else []
+        if jobs and all(j.state in ("done", "failed") for j in jobs):
+            return jobs
+        time.sleep(0.1)
+    raise SystemExit("the node's job did not finish in time")
+
+
+def study_report(study_uid: str) -> dict[str, Any]:
+    """What Orthanc holds in the study: per series, modality, instance count and one instance's tags."""
+    (study,) = [r["ID"] for r in rest("POST", "/tools/lookup", study_uid) if r["Type"] == "Study"]
+    series = []
+    for s in rest("GET", f"/studies/{study}/series"):
+        instances = s["Instances"]
+        tags = rest("GET", f"/instances/{instances[0]}/tags?short")
+        series.append({"modality": s["MainDicomTags"].get("Modality"), "instances": len(instances),
+                       "series_uid": s["MainDicomTags"]["SeriesInstanceUID"], "tags": tags})
+    return {"study_uid": study_uid, "series": series}
+
+
+def main() -> int:
+    work, checkpoint = Path(sys.argv[1]), sys.argv[2]
+    orthanc = start_orthanc(work)
+    node = None
+    try:
+        ct = make_ct_series(work / "ct", seed=21, slices=12)
+        for path in ct:
+            rest("POST", "/instances", path.read_bytes())
+        study_uid = rest("GET", f"/instances/{rest('GET', '/instances')[0]}/tags?short")["0020,000d"]
+        (ct_series,) = rest("GET", "/series")
+        node = start_node(work, checkpoint)
+        rest("POST", "/modalities/ct2mri/store", json.dumps({"Resources": [ct_series], "Synchronous": True}))
+        jobs = wait_job(node)
+        report = study_report(study_uid)
+        report["jobs"] = [{"state": j.state, "reason": j.reason} for j in jobs]
+        report["ct_instances"] = len(ct)
+        print(json.dumps(report))
+    finally:
+        if node is not None:
+            node.stop()
+        orthanc.terminate()
+        orthanc.wait(timeout=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

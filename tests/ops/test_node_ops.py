@@ -1,0 +1,183 @@
+"""A running node's operations surface: metrics, health, readiness, provenance, QA preview."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+import yaml
+from nodekit import CaptureSCP, make_ct_series
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
+from ct2mri_node.config import load_config
+from ct2mri_node.model.translator import Translator
+from ct2mri_node.node import Node
+from ct2mri_node.ops.preview import preview_path
+
+
+def send(port: int, paths: list[Path]) -> None:
+    ae = AE(ae_title="PACS")
+    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", port, ae_title="CT2MRI")
+    assert assoc.is_established
+    try:
+        assert [int(assoc.send_c_store(p).Status) for p in paths] == [0] * len(paths)
+    finally:
+        assoc.release()
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float = 90.0) -> Any:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting")
+
+
+def http_get(port: int, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as rsp:
+            return rsp.status, rsp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every metric sample as {(name, sorted labels): value}."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text) for s in family.samples
+    }
+
+
+def write_config(tmp_path: Path, capture: CaptureSCP, qa_preview: bool = True) -> Path:
+    data = {
+        "node": {"ae_title": "CT2MRI", "port": 0, "bind_address": "127.0.0.1"},
+        "destinations": [capture.destination(), {"name": "local", "type": "folder", "path": "outbox"}],
+        "spool_dir": "spool",
+        "series": {"quiet_period_s": 0.3, "min_slices": 8},
+        "model": {"checkpoint": "bundled", "device": "cpu", "steps": 2},
+        "worker": {"max_attempts": 2, "backoff_initial_s": 0.2, "backoff_max_s": 0.5, "poll_interval_s": 0.1},
+        "ops": {"http_port": 0, "qa_preview": qa_preview, "echo_timeout_s": 2},
+    }
+    path = tmp_path / "node.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def status_json(config: Path) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        [sys.executable, "-m", "ct2mri_node", "status", "--json", "--config", str(config)],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    return list(json.loads(out.stdout))
+
+
+def test_metrics_health_provenance_preview_and_restart(
+    translator: Translator, capture: CaptureSCP, tmp_path: Path
+) -> None:
+    config_path = write_config(tmp_path, capture)
+    config = load_config(config_path)
+    node = Node(config, translator=translator)
+    node.start()
+    try:
+        assert node.health is not None
+        port = node.health.port
+        assert http_get(port, "/healthz") == (200, b'{"status": "ok"}')
+        ct = make_ct_series(tmp_path / "ct", seed=11)
+        send(node.port, ct)
+        gap = make_ct_series(tmp_path / "gap", seed=12)
+        send(node.port, gap[:4] + gap[5:])     # one slice missing: rejected
+        assert node.store is not None
+        jobs = wait_for(lambda: (js := node.store.list()) and len(js) == 2
+                        and all(j.state in ("done", "failed") for j in js) and js)
+        done, failed = sorted(jobs, key=lambda j: j.state != "done")
+        assert (done.state, failed.state) == ("done", "failed"), [j.reason for j in jobs]
+
+        code, body = http_get(port, "/metrics")
+        assert code == 200
+        m = samples(body.decode())
+        assert m[("ct2mri_instances_received_total", (("outcome", "stored"),))] == len(ct) + len(gap) - 1
+        assert m[("ct2mri_series_completed_total", ())] == 2
+        assert m[("ct2mri_series_rejected_total", (("reason", "missing_slices"),))] == 1
+        assert m[("ct2mri_translation_seconds_count", ())] == 1
+        assert m[("ct2mri_sends_total", (("destination", "archive"), ("status", "done")))] == 1
+        assert m[("ct2mri_sends_total", (("destination", "local"), ("status", "done")))] == 1
+        assert m[("ct2mri_last_ct_to_mr_confirmed_seconds_count", (("destination", "archive"),))] == 1
+        assert m[("ct2mri_jobs", (("state", "done"),))] == 1
+        assert m[("ct2mri_jobs", (("state", "failed"),))] == 1
+        assert m[("ct2mri_queue_depth", ())] == 0
+
+        code, body = http_get(port, "/readyz")
+        assert code == 200, body
+        assert json.loads(body)["checks"]["destination:archive"]["ok"] is True
+
+        preview = preview_path(node.spool.output_dir(done.id))
+        with Image.open(preview) as image:
+            assert image.format == "PNG" and image.size == (3 * 192, 2 * 192)
+        capture.stop()          # the archive goes down: not ready, and says which check failed
+        code, body = http_get(port, "/readyz")
+        report = json.loads(body)
+        assert code == 503 and report["checks"]["destination:archive"]["ok"] is False
+        assert "archive" in report["checks"]["destination:archive"]["detail"]
+        assert report["checks"]["spool"]["ok"] and report["checks"]["model"]["ok"]
+    finally:
+        node.stop()
+    check_provenance(status_json(config_path), ct, capture, translator)
+    restarted = Node(config, translator=translator)   # provenance survives a restart
+    restarted.start()
+    restarted.stop()
+    check_provenance(status_json(config_path), ct, capture, translator)
+
+
+def check_provenance(report: list[dict[str, Any]], ct: list[Path], capture: CaptureSCP, translator: Translator) -> None:
+    done, failed = sorted(report, key=lambda j: j["state"] != "done")
+    assert failed["state"] == "failed" and failed["provenance"] is None
+    prov = done["provenance"]
+    first = pydicom.dcmread(ct[0])
+    mr_series = {str(ds.SeriesInstanceUID) for ds in capture.datasets}
+    assert prov["source"] == {"study_uid": first.StudyInstanceUID, "series_uid": first.SeriesInstanceUID,
+                              "instances": len(ct), "lossy": False, "notes": []}
+    assert prov["model"]["weight_hash"] == translator.model_info.weight_hash
+    assert prov["model"]["name"] == translator.model_info.name
+    assert prov["model"]["version"] == translator.model_info.version
+    assert (prov["sampling"]["sampler"], prov["sampling"]["steps"], prov["sampling"]["seed"]) == ("ddim", 2, 0)
+    assert prov["output"] == {"series_uid": mr_series.pop(), "instances": len(ct)}
+    dests = prov["destinations"]
+    assert set(dests) == {"archive", "local"}
+    for result in dests.values():
+        assert result["state"] == "done" and result["send_s"] >= 0
+        assert result["last_ct_to_confirmed_s"] > 0
+
+
+@pytest.mark.parametrize("qa_preview", [False])
+def test_no_preview_unless_asked(translator: Translator, capture: CaptureSCP, tmp_path: Path, qa_preview: bool) -> None:
+    config = load_config(write_config(tmp_path, capture, qa_preview))
+    config = config.model_copy(update={"ops": config.ops.model_copy(update={"http_port": None})})
+    node = Node(config, translator=translator)
+    node.start()
+    try:
+        assert node.health is None
+        send(node.port, make_ct_series(tmp_path / "ct", seed=13))
+        assert node.store is not None
+        (job,) = wait_for(lambda: [j for j in node.store.list() if j.state in ("done", "failed")])
+        assert job.state == "done", job.reason
+        assert not preview_path(node.spool.output_dir(job.id)).exists()
+        assert node.store.provenance(job.id) is not None
+    finally:
+        node.stop()
