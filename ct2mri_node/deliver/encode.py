@@ -17,13 +17,20 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from pydicom.charset import convert_encodings
+from pydicom.charset import convert_encodings, default_encoding
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import (
+    correct_ambiguous_vr_element,
+    write_data_element,
+    write_file_meta_info,
+)
+from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage
-from pydicom.valuerep import PersonName, format_number_as_ds
+from pydicom.valuerep import VR, PersonName, format_number_as_ds
 
 from .. import __version__
 from ..errors import ModelError
@@ -57,6 +64,7 @@ SERIES_TAGS: tuple[int, ...] = (
     0x00200052,  # FrameOfReferenceUID
     0x00201040,  # PositionReferenceIndicator
 )
+_PIXEL_DATA = Tag(0x7FE00010)
 _HEAD_PARTS = frozenset({"HEAD", "BRAIN", "SKULL", "HEADNECK", "FACE"})
 _CHARSET_VRS = frozenset({"LO", "LT", "SH", "ST", "UC", "UT"})
 
@@ -99,10 +107,12 @@ def encode_series(
     )
     when = options.contribution_datetime or dt.datetime.now(dt.timezone.utc)
     series = _series_dataset(ct, result, options, uids.series_instance_uid, when)
-    datasets = []
-    for index, source in enumerate(ct.slices):
-        ds = _slice_dataset(series, ct, index, source, mr[index], uids.sop_instance_uids[index])
-        datasets.append(ds)
+    shared = list(series.elements())
+    normal = _normal(ct)
+    datasets = [
+        _slice_dataset(shared, normal, index, source, mr[index], uids.sop_instance_uids[index])
+        for index, source in enumerate(ct.slices)
+    ]
     log.info("encoded synthetic MR series %s: %d instances from CT series %s",
              uids.series_instance_uid, len(datasets), ct.series_instance_uid)
     return datasets
@@ -303,16 +313,25 @@ def _mr_acquisition(ds: Dataset) -> None:
 
 # --- per-slice attributes ---------------------------------------------------------------------
 
-def _slice_dataset(series: Dataset, ct: CTVolume, index: int, source: SliceSource,
-                   pixels: np.ndarray, sop_instance_uid: str) -> Dataset:
-    """One instance: the series attributes plus position, references and pixels."""
-    ds = copy.deepcopy(series)
+def _slice_dataset(shared: Sequence[DataElement], normal: np.ndarray, index: int,
+                   source: SliceSource, pixels: np.ndarray, sop_instance_uid: str) -> Dataset:
+    """One instance: the series attributes plus position, references and pixels.
+
+    Each instance gets its own copy of every series-level element, but the values are shared:
+    text and numbers are immutable, and the sequences (the reference to every CT instance
+    among them) are one object for the whole series, so that encoding stays linear in the
+    number of slices. Treat the sequence items of an encoded instance as read-only.
+    """
+    ds = Dataset()
+    for element in shared:
+        ds.add(_shallow(element))
     ds.SOPInstanceUID = sop_instance_uid
     ds.InstanceNumber = index + 1
     ds.ImagePositionPatient = [format_number_as_ds(float(v)) for v in source.position]
-    ds.SliceLocation = format_number_as_ds(_slice_location(ct, source))
+    ds.SliceLocation = format_number_as_ds(_slice_location(normal, source))
     ds.SourceImageSequence = [_source_image(source)]
-    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
+    ds[_PIXEL_DATA] = DataElement(_PIXEL_DATA, "OW",
+                                  np.ascontiguousarray(pixels, dtype="<u2").tobytes())
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
     meta.MediaStorageSOPInstanceUID = sop_instance_uid
@@ -323,8 +342,19 @@ def _slice_dataset(series: Dataset, ct: CTVolume, index: int, source: SliceSourc
     return ds
 
 
-def _slice_location(ct: CTVolume, source: SliceSource) -> float:
-    normal = np.cross(np.asarray(ct.orientation[:3]), np.asarray(ct.orientation[3:]))
+def _shallow(element: DataElement) -> DataElement:
+    """A new element with the same value; multi-valued text gets its own list."""
+    copied = copy.copy(element)
+    if isinstance(element.value, MultiValue):
+        copied.value = list(element.value)
+    return copied
+
+
+def _normal(ct: CTVolume) -> np.ndarray:
+    return np.cross(np.asarray(ct.orientation[:3]), np.asarray(ct.orientation[3:]))
+
+
+def _slice_location(normal: np.ndarray, source: SliceSource) -> float:
     return round(float(np.dot(np.asarray(source.position), normal)), 6) + 0.0
 
 
@@ -337,6 +367,86 @@ def _source_image(source: SliceSource) -> Dataset:
     item.PurposeOfReferenceCodeSequence = [_code(*SOURCE_IMAGE)]
     item.SpatialLocationsPreserved = "YES"
     return item
+
+
+# --- file bytes --------------------------------------------------------------------------------
+
+class FileEncoder:
+    """DICOM file bytes of encoded instances, each shared sequence value encoded only once.
+
+    The instances of one series share their series-level sequences (the reference to every
+    CT instance among them), so pydicom's ``dcmwrite`` would re-encode an O(n) sequence in
+    each of n files. This encoder writes the same bytes as
+    ``ds.save_as(fp, enforce_file_format=True)`` (checked by the tests) and keeps the bytes of
+    each sequence value it has seen. Datasets it cannot reproduce exactly (read from a file,
+    another transfer syntax, a preamble of their own) go through ``dcmwrite`` unchanged.
+    One encoder per series; it holds the encoded sequences until it is dropped.
+    """
+
+    def __init__(self) -> None:
+        self._sequences: dict[tuple[int, int, str], tuple[object, bytes]] = {}
+
+    def encode(self, ds: Dataset) -> bytes:
+        """The bytes of ``ds`` as a DICOM file (preamble, file meta, dataset)."""
+        if not _plain_explicit_le(ds):
+            buffer = DicomBytesIO()
+            ds.save_as(buffer, enforce_file_format=True)
+            return buffer.getvalue()
+        fp = _buffer()
+        fp.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(fp, _file_meta(ds), enforce_standard=True)
+        encodings = ds.get("SpecificCharacterSet", default_encoding)
+        for tag in sorted(ds.keys()):
+            if tag.element == 0 and tag.group > 6:
+                continue  # retired group lengths, as dcmwrite
+            element = ds[tag]
+            if element.VR == VR.SQ:
+                fp.write(self._sequence(element, encodings))
+                continue
+            if " or " in element.VR:
+                correct_ambiguous_vr_element(element, ds, True)
+            write_data_element(fp, element, encodings)
+        return bytes(fp.getvalue())
+
+    def _sequence(self, element: DataElement, encodings: str | list[str]) -> bytes:
+        key = (int(element.tag), id(element.value), repr(encodings))
+        cached = self._sequences.get(key)
+        if cached is None or cached[0] is not element.value:
+            fp = _buffer()
+            write_data_element(fp, element, encodings)
+            cached = (element.value, bytes(fp.getvalue()))  # the value is kept: ids stay unique
+            self._sequences[key] = cached
+        return cached[1]
+
+
+def _buffer() -> DicomBytesIO:
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    return fp
+
+
+def _plain_explicit_le(ds: Dataset) -> bool:
+    """True for a dataset built in memory for Explicit VR Little Endian (what we encode)."""
+    meta = getattr(ds, "file_meta", None)
+    return (
+        meta is not None
+        and meta.get("TransferSyntaxUID") == ExplicitVRLittleEndian
+        and not getattr(ds, "preamble", None)
+        and ds.original_encoding == (None, None)
+        and not any(tag >> 16 in (0, 2) for tag in ds.keys())
+    )
+
+
+def _file_meta(ds: Dataset) -> FileMetaDataset:
+    """The file meta as ``dcmwrite(enforce_file_format=True)`` completes it (on a copy)."""
+    meta = copy.deepcopy(ds.file_meta)
+    for meta_keyword, keyword in (("MediaStorageSOPClassUID", "SOPClassUID"),
+                                  ("MediaStorageSOPInstanceUID", "SOPInstanceUID")):
+        stated, actual = meta.get(meta_keyword), ds.get(keyword)
+        if stated is None or (actual and actual != stated):
+            setattr(meta, meta_keyword, actual)
+    validate_file_meta(meta, enforce_standard=True)
+    return meta
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -394,4 +504,4 @@ def _dictionary_vr(tag: BaseTag) -> str:
         return "UN"
 
 
-__all__ = ["EncodeOptions", "encode_series", "pixel_settings", "copy_elements"]
+__all__ = ["EncodeOptions", "FileEncoder", "encode_series", "pixel_settings", "copy_elements"]

@@ -20,9 +20,17 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from ..errors import SeriesRejected
-from .frames import CT_SOP_CLASSES, Frame, PixelCache, frames_of, lossy_method
+from .frames import (
+    CT_SOP_CLASSES,
+    Frame,
+    PixelCache,
+    frames_of,
+    lossy_method,
+    transfer_syntax,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +84,26 @@ class CTVolume:
         return str(self.header.SeriesInstanceUID)
 
 
-def read_series(paths: Iterable[Path]) -> list[Dataset]:
-    """Read the DICOM files among ``paths``; files that are not DICOM are skipped with a log line."""
+#: Elements larger than this stay in their file until assembly decodes them (pixel data).
+DEFER_SIZE_BYTES = 64 * 1024
+
+
+def read_series(paths: Iterable[Path], *,
+                defer_size_bytes: int | None = DEFER_SIZE_BYTES) -> list[Dataset]:
+    """Read the DICOM files among ``paths``; files that are not DICOM are skipped with a log line.
+
+    Pixel data (and any other element over ``defer_size_bytes``) is left in the file: the
+    datasets hold headers only, and :func:`assemble` decodes each slice straight into the
+    volume. Reading ``ds.PixelData`` still works (pydicom reads it from the file on access).
+    ``defer_size_bytes=None`` reads everything into memory.
+    """
     datasets = []
     for path in paths:
         path = Path(path)
         if not path.is_file():
             continue
         try:
-            ds = pydicom.dcmread(path)
+            ds = _read(path, defer_size_bytes)
         except (InvalidDicomError, EOFError, OSError, ValueError) as exc:
             log.info("skipping %s: not a readable DICOM file (%s)", path.name, exc)
             continue
@@ -94,6 +113,15 @@ def read_series(paths: Iterable[Path]) -> list[Dataset]:
         datasets.append(ds)
     log.debug("read %d DICOM datasets", len(datasets))
     return datasets
+
+
+def _read(path: Path, defer_size_bytes: int | None) -> Dataset:
+    """One file with its large elements deferred; a deflated file (offsets into the inflated
+    stream cannot be read back from the file) is read whole."""
+    ds = pydicom.dcmread(path, defer_size=defer_size_bytes)
+    if defer_size_bytes is not None and transfer_syntax(ds) == DeflatedExplicitVRLittleEndian:
+        ds = pydicom.dcmread(path)
+    return ds
 
 
 def assemble(datasets: Sequence[Dataset], limits: VolumeLimits = VolumeLimits()) -> CTVolume:
@@ -174,7 +202,7 @@ def _usable_frames(images: Sequence[Dataset], notes: list[str]) -> list[Frame]:
     """All frames of the images, localizers left out with a note."""
     frames = []
     for ds in images:
-        for frame in frames_of(ds):
+        for frame in _frames_or_refusal(ds):
             if frame.localizer:
                 notes.append(f"left out localizer image {ds.get('SOPInstanceUID', '?')}")
                 continue
@@ -182,6 +210,18 @@ def _usable_frames(images: Sequence[Dataset], notes: list[str]) -> list[Frame]:
     if not frames:
         raise SeriesRejected("the series holds only localizer images", "too_few_slices")
     return frames
+
+
+def _frames_or_refusal(ds: Dataset) -> list[Frame]:
+    """The frames of ``ds``; a header pydicom cannot parse (e.g. an unknown VR) is a refusal."""
+    try:
+        return frames_of(ds)
+    except (NotImplementedError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        name = Path(ds.filename).name if isinstance(ds.filename, str) else "an instance"
+        raise SeriesRejected(
+            f"{name} of the series has a malformed header ({exc}); the CT cannot be read. "
+            "Resend the series from the scanner or PACS", "invalid_series",
+        ) from exc
 
 
 def _same_orientation(a: Sequence[float], b: Sequence[float], limits: VolumeLimits) -> bool:
@@ -320,14 +360,21 @@ def _check_tilt(frames: Sequence[Frame], normal: np.ndarray, distances: np.ndarr
 
 
 def _pixels(frames: Sequence[Frame]) -> np.ndarray:
+    """Decode every frame straight into one preallocated float32 volume (no stacking)."""
     cache = PixelCache()
     first = frames[0]
     hu = np.empty((len(frames), first.rows, first.columns), dtype=np.float32)
     for k, frame in enumerate(frames):
-        hu[k] = cache.hu(frame)
-    if not np.all(np.isfinite(hu)):
-        raise SeriesRejected("the CT pixels contain non-finite values", "invalid_pixels")
+        cache.hu_into(frame, hu[k])
+        if not _surely_finite(frame) and not np.isfinite(hu[k]).all():
+            raise SeriesRejected("the CT pixels contain non-finite values", "invalid_pixels")
     return hu
+
+
+def _surely_finite(frame: Frame) -> bool:
+    """True when any stored value (up to 32 bits) rescales to a finite float32."""
+    limit = abs(frame.slope) * 2.0**32 + abs(frame.intercept)
+    return bool(np.isfinite(limit)) and limit < 1e30
 
 
 def _source(frame: Frame) -> SliceSource:

@@ -7,11 +7,16 @@ slice came from a CT Image Storage file or from a frame of an Enhanced CT object
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.pixels import pixel_array
+from pydicom.tag import Tag
 from pydicom.uid import (
     UID,
     CTImageStorage,
@@ -44,6 +49,8 @@ _LOSSLESS_SYNTAXES = frozenset({
     DeflatedExplicitVRLittleEndian, RLELossless, JPEGLossless, JPEGLosslessSV1,
     JPEGLSLossless, JPEG2000Lossless, HTJ2KLossless, HTJ2KLosslessRPCL,
 })
+
+_PIXEL_DATA = Tag(0x7FE00010)
 
 #: LossyImageCompressionMethod defined terms per lossy transfer syntax family.
 _LOSSY_METHODS = {
@@ -201,25 +208,39 @@ def lossy_method(ds: Dataset) -> str | None:
 
 
 class PixelCache:
-    """Decodes each instance's pixels once (a multi-frame object serves many frames)."""
+    """Decodes pixels for assembly without keeping them on the datasets.
+
+    Single-frame pixels are decoded per call and not kept; a multi-frame object is decoded
+    once and kept until assembly ends (it serves many frames). Pixels that
+    :func:`~ct2mri_node.volume.assemble.read_series` left in the file are decoded from the file,
+    so the datasets stay pixel-free and memory holds one slice at a time.
+    """
 
     def __init__(self) -> None:
         self._arrays: dict[int, np.ndarray] = {}
 
-    def hu(self, frame: Frame) -> np.ndarray:
-        """The frame's pixels in HU as float32 (rows, columns)."""
-        key = id(frame.ds)
-        if key not in self._arrays:
-            self._arrays[key] = self._decode(frame.ds)
-        array = self._arrays[key]
-        stored = array[frame.frame_number - 1] if frame.frame_number is not None else array
+    def hu_into(self, frame: Frame, out: np.ndarray) -> None:
+        """Write the frame's pixels in HU (float32, rows x columns) into ``out``."""
+        stored = self._stored(frame)
         if stored.shape != (frame.rows, frame.columns):
             raise SeriesRejected(
                 f"instance {frame.ds.get('SOPInstanceUID', '?')} decodes to {stored.shape} pixels "
                 f"but declares {frame.rows}x{frame.columns}", "invalid_pixels",
             )
-        return (stored.astype(np.float32) * np.float32(frame.slope)
-                + np.float32(frame.intercept))
+        # the same float32 operations as stored.astype(float32) * slope + intercept
+        np.multiply(stored, np.float32(frame.slope), out=out, dtype=np.float32)
+        out += np.float32(frame.intercept)
+
+    def _stored(self, frame: Frame) -> np.ndarray:
+        if frame.frame_number is None:
+            return self._decode(frame.ds)
+        key = id(frame.ds)
+        if key not in self._arrays:
+            self._arrays[key] = self._decode(frame.ds)
+        array = self._arrays[key]
+        if array.ndim == 2:  # a one-frame multi-frame object
+            array = array[None]
+        return array[frame.frame_number - 1]
 
     @staticmethod
     def _decode(ds: Dataset) -> np.ndarray:
@@ -230,7 +251,9 @@ class PixelCache:
                 "invalid_pixels",
             )
         try:
-            return np.asarray(ds.pixel_array)
+            return np.asarray(pixel_array(_pixel_source(ds)))
+        except SeriesRejected:
+            raise
         except Exception as exc:  # decoders raise many types; report them as one refusal
             syntax = transfer_syntax(ds)
             name = syntax.name if syntax is not None else "unknown transfer syntax"
@@ -239,3 +262,27 @@ class PixelCache:
                 f"({name}): {exc}. Send the series uncompressed or in a lossless syntax the "
                 "node accepts (see docs/conformance-statement.md)", "undecodable_pixels",
             ) from exc
+
+
+def pixels_deferred(ds: Dataset) -> bool:
+    """True when ``ds``'s pixel data was left in its file (read with a defer size)."""
+    element = ds.get_item(_PIXEL_DATA, keep_deferred=True)
+    return isinstance(element, RawDataElement) and element.value is None
+
+
+def _pixel_source(ds: Dataset) -> Dataset | str:
+    """Where to decode from: the file for deferred pixels (nothing cached), else the dataset."""
+    if not pixels_deferred(ds):
+        return ds
+    path = ds.filename
+    if not isinstance(path, str):
+        raise SeriesRejected(
+            f"instance {ds.get('SOPInstanceUID', '?')}: its pixels were left in a file that "
+            "is not named; read it again without deferring", "undecodable_pixels",
+        )
+    if ds.timestamp is not None and os.stat(path).st_mtime != ds.timestamp:
+        raise SeriesRejected(
+            f"instance {ds.get('SOPInstanceUID', '?')}: {Path(path).name} changed after its "
+            "header was read; assemble the series again", "undecodable_pixels",
+        )
+    return path
