@@ -43,6 +43,30 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 Seconds = Annotated[float, Field(gt=0)]
 
 
+class ServerTls(_Frozen):
+    """DICOM TLS for the SCP: our certificate and key; ``ca`` set means client certificates are required."""
+
+    cert: Path
+    key: Path
+    ca: Path | None = None            # CA bundle that signs the callers' client certificates
+    require_client_cert: bool = True  # only with ``ca``; False: verify client certificates if sent
+
+
+class ClientTls(_Frozen):
+    """DICOM TLS towards a destination: the CA that signs its certificate, optionally our client cert."""
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+    server_hostname: str | None = None   # name checked in the peer's certificate (default: host)
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> ClientTls:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("a client certificate needs both cert and key")
+        return self
+
+
 class NodeSettings(_Frozen):
     """Our own AE: title, listening port and network limits."""
 
@@ -53,6 +77,7 @@ class NodeSettings(_Frozen):
     network_timeout_s: Seconds = 60.0
     acse_timeout_s: Seconds = 30.0
     dimse_timeout_s: Seconds = 60.0
+    tls: ServerTls | None = None   # set: the SCP speaks DICOM TLS only (plaintext associations fail)
 
 
 class CallingAE(_Frozen):
@@ -71,6 +96,7 @@ class DicomDestination(_Frozen):
     host: Annotated[str, Field(min_length=1)]
     port: Port
     timeout_s: Seconds = 30.0
+    tls: ClientTls | None = None
 
 
 class FolderDestination(_Frozen):
@@ -89,6 +115,7 @@ class SeriesSettings(_Frozen):
 
     quiet_period_s: Annotated[float, Field(ge=0)] = 2.0
     min_slices: Annotated[int, Field(ge=1)] = 8
+    restart_hold_s: Annotated[float, Field(ge=0)] = 30.0   # after a restart, series found in the spool wait this long for re-sends
 
 
 class ModelSettings(_Frozen):
@@ -115,6 +142,25 @@ class WorkerSettings(_Frozen):
     backoff_max_s: Seconds = 600.0
     backoff_factor: Annotated[float, Field(ge=1)] = 2.0
     poll_interval_s: Seconds = 0.5
+    backoff_jitter: Annotated[float, Field(ge=0, le=1)] = 0.2   # each delay varies by +-20 %
+
+
+class LimitSettings(_Frozen):
+    """Backpressure: what the SCP refuses (0xA700 / 0xC210) before it runs out of room."""
+
+    min_free_disk_mb: Annotated[float, Field(ge=0)] = 1024.0    # below this free space in the spool: 0xA700
+    max_instance_mb: Annotated[float, Field(gt=0)] = 256.0      # larger C-STORE data sets: 0xA700
+    max_instances_per_series: Annotated[int, Field(ge=1)] = 5000
+    max_queued_jobs: Annotated[int, Field(ge=1)] = 100          # at this many, instances of NEW series: 0xA700
+
+
+class OpsSettings(_Frozen):
+    """Operations: the HTTP endpoint for /metrics, /healthz, /readyz and the QA previews."""
+
+    http_port: Annotated[int, Field(ge=0, le=65535)] | None = None   # None: off; 0: any free port
+    http_bind_address: str = "127.0.0.1"
+    qa_preview: bool = False             # write a CT/MR PNG montage beside each job's output
+    echo_timeout_s: Seconds = 5.0        # C-ECHO timeout of /readyz per DICOM destination
 
 
 class NodeConfig(_Frozen):
@@ -127,6 +173,8 @@ class NodeConfig(_Frozen):
     series: SeriesSettings = SeriesSettings()
     model: ModelSettings = ModelSettings()
     worker: WorkerSettings = WorkerSettings()
+    ops: OpsSettings = OpsSettings()
+    limits: LimitSettings = LimitSettings()
 
     @model_validator(mode="after")
     def _unique_destination_names(self) -> NodeConfig:
@@ -177,8 +225,15 @@ def _resolve(config: NodeConfig, base: Path) -> NodeConfig:
     def absolute(path: Path) -> Path:
         return path if path.is_absolute() else (base / path).resolve()
 
+    def tls_paths(tls: Any) -> Any:
+        if tls is None:
+            return None
+        keys = ("cert", "key", "ca")
+        return tls.model_copy(update={k: absolute(getattr(tls, k)) for k in keys if getattr(tls, k) is not None})
+
     dests = [
-        d.model_copy(update={"path": absolute(d.path)}) if isinstance(d, FolderDestination) else d
+        d.model_copy(update={"path": absolute(d.path)}) if isinstance(d, FolderDestination)
+        else d.model_copy(update={"tls": tls_paths(d.tls)})
         for d in config.destinations
     ]
     model = config.model
@@ -186,7 +241,8 @@ def _resolve(config: NodeConfig, base: Path) -> NodeConfig:
     if ckpt != "bundled" and not Path(ckpt).is_absolute():
         model = model.model_copy(update={"checkpoint": str(absolute(Path(ckpt)))})
     return config.model_copy(
-        update={"spool_dir": absolute(config.spool_dir), "destinations": dests, "model": model}
+        update={"spool_dir": absolute(config.spool_dir), "destinations": dests, "model": model,
+                "node": config.node.model_copy(update={"tls": tls_paths(config.node.tls)})}
     )
 
 

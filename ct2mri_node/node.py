@@ -13,11 +13,15 @@ from typing import Any
 
 from .config import NodeConfig
 from .errors import JobError
+from .faults import fault_point
 from .jobs.pipeline import PipelineOptions
 from .jobs.store import JobStore
 from .jobs.worker import Worker
+from .ops.health import HealthServer
+from .ops.metrics import MeteredJobStore, MeteredSpool, NodeMetrics
+from .ops.observer import OpsObserver
 from .receive.completion import CompletionWatcher
-from .receive.scp import StoreSCP
+from .receive.scp import Admission, StoreSCP
 from .receive.spool import Spool, read_header
 
 log = logging.getLogger(__name__)
@@ -36,7 +40,9 @@ class Node:
 
     def __init__(self, config: NodeConfig, translator: Any = None, pipeline_options: PipelineOptions | None = None) -> None:
         self.config = config
-        self.spool = Spool(config.spool_dir)
+        self.metrics = NodeMetrics()
+        self.spool: Spool = MeteredSpool(config.spool_dir, self.metrics)
+        self.health: HealthServer | None = None
         self._translator = translator
         self._pipeline_options = pipeline_options
         self._stop = threading.Event()
@@ -53,6 +59,7 @@ class Node:
 
     def series_complete(self, series_uid: str, study_uid: str, last_instance_at: float) -> None:
         """Series complete: queue its job and wake the worker."""
+        fault_point("after_spool_before_job")
         self._store().series_complete(series_uid, study_uid, last_instance_at)
         if self.worker is not None:
             self.worker.wake()
@@ -60,19 +67,24 @@ class Node:
     def start(self) -> None:
         """Open the spool and store, load the model, start watching, working and listening."""
         self.spool.create()
-        self.store = JobStore(self.spool.db_path)
+        self.store = MeteredJobStore(self.spool.db_path, self.metrics)
         self.store.recover()
+        if self.config.ops.http_port is not None:
+            self.health = HealthServer(self.config, self.metrics, lambda: self._translator is not None)
+            self.health.start()
         if self._translator is None:
             self._translator = load_translator(self.config)
         self.watcher = CompletionWatcher(self, self.config.series.quiet_period_s)
         self._redetect()
         self.watcher.start()
         self.worker = Worker(self.config, self.store, self.spool, self._translator, self._pipeline_options)
+        self.worker.observer = OpsObserver(self.store, self.metrics, self.config.ops.qa_preview)
         self._worker_thread = threading.Thread(
             target=self.worker.run, args=(self._stop,), name="ct2mri-worker", daemon=True
         )
         self._worker_thread.start()
-        self.scp = StoreSCP(self.config.node, self.config.calling_aes, self.spool, self.watcher)
+        admission = Admission(self.config.limits, lambda: self._store().count("queued"))
+        self.scp = StoreSCP(self.config.node, self.config.calling_aes, self.spool, self.watcher, admission)
         self.scp.start()
 
     @property
@@ -93,6 +105,8 @@ class Node:
             self.worker.wake()
         if self._worker_thread is not None:
             self._worker_thread.join()
+        if self.health is not None:
+            self.health.stop()
         log.info("node stopped")
 
     def wait(self) -> None:
@@ -111,7 +125,7 @@ class Node:
             header = read_header(paths[0])
             log.info("series %s in the spool has no job; it will complete after the quiet period", uid)
             if self.watcher is not None:
-                self.watcher.instance_received(uid, header.study_uid, None)
+                self.watcher.instance_received(uid, header.study_uid, None, self.config.series.restart_hold_s)
 
     def _store(self) -> JobStore:
         if self.store is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import ssl
 import tempfile
 import time
 from collections.abc import Sequence
@@ -97,9 +98,20 @@ def _client_ae(calling_ae: str, destination: DicomDestination) -> AE:
     return ae
 
 
+def _tls_args(destination: DicomDestination) -> tuple[ssl.SSLContext, str] | None:
+    """pynetdicom's ``tls_args`` for a destination with ``tls`` configured."""
+    if destination.tls is None:
+        return None
+    from ..security import client_context
+
+    return client_context(destination.tls), destination.tls.server_hostname or destination.host
+
+
 def _associate(ae: AE, destination: DicomDestination) -> Association:
-    """Open an association; rejection is permanent, no connection is transient."""
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    """Open an association; a permanent rejection is permanent, anything else is transient."""
+    assoc = ae.associate(
+        destination.host, destination.port, ae_title=destination.ae_title, tls_args=_tls_args(destination)
+    )
     if assoc.is_established:
         return assoc
     where = f"{destination.name} ({destination.ae_title}@{destination.host}:{destination.port})"
@@ -109,12 +121,17 @@ def _associate(ae: AE, destination: DicomDestination) -> Association:
             str(getattr(rsp, name, "")) for name in ("result_str", "source_str", "reason_str")
             if getattr(rsp, name, None)
         )
+        if getattr(rsp, "result", None) == 0x02:   # rejected-transient (e.g. too many associations)
+            raise SendError(f"destination {where} is busy: association rejected for now ({detail})")
         raise SendError(
             f"destination {where} rejected the association ({detail}); check that it knows our "
             "AE title and that its AE title is right in the config",
             permanent=True,
         )
-    raise SendError(f"cannot connect to destination {where}: no association (peer down or unreachable)")
+    raise SendError(
+        f"cannot connect to destination {where}: no association (peer down or unreachable"
+        f"{', or the TLS handshake failed' if destination.tls else ''})"
+    )
 
 
 def _check_status(status: pydicom.Dataset, path: Path, destination: DicomDestination) -> None:

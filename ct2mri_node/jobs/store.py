@@ -56,6 +56,11 @@ CREATE TABLE IF NOT EXISTS deliveries (
     updated_at REAL NOT NULL,
     PRIMARY KEY (job_id, destination)
 );
+CREATE TABLE IF NOT EXISTS provenance (
+    job_id INTEGER PRIMARY KEY REFERENCES jobs(id),
+    recorded_at REAL NOT NULL,
+    data TEXT NOT NULL
+);
 """
 
 
@@ -227,6 +232,29 @@ class JobStore:
                 (job_id, destination, state, reason, now),
             )
 
+    def record_provenance(self, job_id: int, data: dict[str, Any]) -> None:
+        """Store (or replace) the job's provenance record: what made its MR series (JSON-ready)."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO provenance (job_id, recorded_at, data) VALUES (?, ?, ?)",
+                (job_id, time.time(), json.dumps(data, sort_keys=True)),
+            )
+
+    def provenance(self, job_id: int) -> dict[str, Any] | None:
+        """The job's provenance record, or None before its series was translated."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT data FROM provenance WHERE job_id=?", (job_id,)).fetchone()
+        return None if row is None else dict(json.loads(row["data"]))
+
+    def state_counts(self) -> tuple[dict[str, int], int]:
+        """Jobs per state, and how many queued jobs are due now (the queue depth metrics)."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()
+            due = conn.execute(
+                "SELECT COUNT(*) FROM jobs WHERE state='queued' AND not_before<=?", (time.time(),)
+            ).fetchone()[0]
+        return {r["state"]: int(r["n"]) for r in rows}, int(due)
+
     def complete(self, job_id: int) -> None:
         """The job is done: every destination has the series."""
         now = time.time()
@@ -295,6 +323,13 @@ class JobStore:
         if cur.rowcount:
             log.info("re-queued %d interrupted job(s)", cur.rowcount)
         return int(cur.rowcount)
+
+    def count(self, *states: str) -> int:
+        """How many jobs are in any of ``states`` (the SCP's queue limit reads it)."""
+        marks = ",".join("?" * len(states))
+        with self._connect() as conn:
+            row = conn.execute(f"SELECT COUNT(*) FROM jobs WHERE state IN ({marks})", states).fetchone()  # noqa: S608
+        return int(row[0])
 
     def series_with_jobs(self) -> set[str]:
         """Series that have a job in any state other than ``received``."""

@@ -1,24 +1,30 @@
 """The worker: claims one job at a time, translates its series once, sends it everywhere.
 
 The MR series is written to the job's output folder in the spool before any send, so a send
-that fails transiently is retried (exponential backoff) without translating again. A peer that
-rejects the association, a refused series and any other permanent failure end the job as
-``failed`` with a reason a person can act on.
+that fails transiently is retried (exponential backoff with jitter, capped) without translating
+again. Destinations are served in parallel and each keeps its own delivery state: one that is
+done or failed for good is not contacted again, so a dead archive neither delays nor re-sends
+to the others. A peer that rejects the association, a refused series and any other permanent
+failure end that destination (and, once nothing transient is left, the job) as ``failed`` with
+a reason a person can act on; ``ct2mri-node retry JOB`` makes failed destinations pending again.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import shutil
 import threading
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import NodeConfig
+from ..config import DicomDestination, FolderDestination, NodeConfig
 from ..deliver.send import send_series
 from ..errors import Ct2MriError, InputError, SendError, SpoolError
+from ..faults import fault_point
 from ..receive.spool import Spool
 from ..volume.assemble import VolumeLimits, read_series
 from .pipeline import PipelineOptions, run_pipeline, write_series
@@ -48,14 +54,37 @@ class _TimedTranslator:
 
 @dataclass(frozen=True)
 class _Outcome:
-    done: list[str]
-    transient: list[str]
-    permanent: list[str]
+    done: list[str] = field(default_factory=list)
+    transient: list[str] = field(default_factory=list)
+    permanent: list[str] = field(default_factory=list)
 
 
-def backoff_s(attempt: int, initial_s: float, factor: float, maximum_s: float) -> float:
-    """Delay before attempt ``attempt + 1``: initial, initial*factor, ... capped at maximum."""
-    return float(min(maximum_s, initial_s * factor ** max(0, attempt - 1)))
+def _decodable(datasets: list[Any], job_id: int) -> list[Any]:
+    """Leave out instances with an element that cannot be decoded (bad VR, wrong length, ...),
+    with a log line each, so that assembly sees only data it can judge and refuses with a reason."""
+    kept = []
+    for ds in datasets:
+        try:
+            for element in ds.iterall():
+                _ = element.value
+        except Exception as exc:  # noqa: BLE001 (pydicom raises many types on broken values)
+            log.warning("job %d: left out instance %s: an element cannot be decoded (%s)",
+                        job_id, ds.get("SOPInstanceUID", "?"), str(exc)[:200])
+            continue
+        kept.append(ds)
+    return kept
+
+
+def backoff_s(
+    attempt: int, initial_s: float, factor: float, maximum_s: float,
+    jitter: float = 0.0, rng: random.Random | None = None,
+) -> float:
+    """Delay before attempt ``attempt + 1``: initial, initial*factor, ... times 1 +- ``jitter``,
+    capped at maximum (jitter spreads the retries of many jobs after an archive outage)."""
+    base = initial_s * factor ** max(0, attempt - 1)
+    if jitter > 0:
+        base *= (rng or random).uniform(1.0 - jitter, 1.0 + jitter)
+    return float(min(maximum_s, base))
 
 
 class Worker:
@@ -77,6 +106,8 @@ class Worker:
             limits=VolumeLimits(min_slices=config.series.min_slices)
         )
         self._wake = threading.Event()
+        #: Optional operations hook (metrics, provenance, QA preview); see ct2mri_node/ops/observer.py.
+        self.observer: Any = None
 
     def wake(self) -> None:
         """A job was queued: look now instead of at the next poll."""
@@ -105,11 +136,14 @@ class Worker:
         log.info("job %d: series %s, attempt %d", job.id, job.series_uid, job.attempts)
         try:
             if not job.translated:
+                fault_point("during_translation")
                 self._translate(job)
             self.store.set_state(job.id, "sending")
             self._deliver(job)
         except Ct2MriError as exc:
             log.warning("job %d failed: %s", job.id, exc)
+            if self.observer is not None:
+                self.observer.job_failed(job, exc)
             self.store.fail(job.id, str(exc))
         except Exception as exc:  # a bug must not stop the worker; record it on the job
             log.exception("job %d: unexpected error", job.id)
@@ -120,9 +154,10 @@ class Worker:
     def _translate(self, job: Job) -> None:
         """Spooled CT -> MR series in the job's output folder (written whole, then renamed)."""
         start = time.perf_counter()
-        datasets = read_series(self.spool.instance_paths(job.series_uid))
+        datasets = _decodable(read_series(self.spool.instance_paths(job.series_uid)), job.id)
         timed = _TimedTranslator(self.translator)
-        mr = run_pipeline(datasets, timed, self.pipeline_options).datasets
+        result = run_pipeline(datasets, timed, self.pipeline_options)
+        mr = result.datasets
         finished = time.perf_counter()
         for stage, seconds in (
             ("assembly", timed.started - start),          # reading the files + assemble
@@ -133,8 +168,11 @@ class Worker:
         start = time.perf_counter()
         self._write_output(job, mr)
         self.store.record_timing(job.id, "write", time.perf_counter() - start)
+        fault_point("after_translation")
         self.store.mark_translated(job.id)
         log.info("job %d: %d MR instances written", job.id, len(mr))
+        if self.observer is not None:
+            self.observer.job_translated(job, result, self.spool.output_dir(job.id))
 
     def _write_output(self, job: Job, datasets: list[Any]) -> None:
         final = self.spool.output_dir(job.id)
@@ -158,12 +196,13 @@ class Worker:
             return
         reasons = "; ".join(outcome.permanent + outcome.transient)
         settings = self.config.worker
-        if outcome.permanent or job.attempts >= settings.max_attempts:
-            tail = "" if outcome.permanent else f" (gave up after {job.attempts} attempts)"
+        if not outcome.transient or job.attempts >= settings.max_attempts:
+            tail = "" if not outcome.transient else f" (gave up after {job.attempts} attempts)"
             self.store.fail(job.id, reasons + tail)
             log.warning("job %d failed: %s%s", job.id, reasons, tail)
             return
-        delay = backoff_s(job.attempts, settings.backoff_initial_s, settings.backoff_factor, settings.backoff_max_s)
+        delay = backoff_s(job.attempts, settings.backoff_initial_s, settings.backoff_factor,
+                          settings.backoff_max_s, settings.backoff_jitter)
         self.store.defer(job.id, delay, reasons)
         log.info("job %d: send will be retried in %.1f s: %s", job.id, delay, reasons)
 
@@ -175,23 +214,47 @@ class Worker:
         return files
 
     def _send_all(self, job: Job, files: list[Path]) -> _Outcome:
-        done_before = {d.destination for d in self.store.get(job.id).deliveries if d.state == "done"}
-        outcome = _Outcome([], [], [])
+        """Send to every destination still pending, in parallel; done and failed ones are skipped."""
+        known = {d.destination: d for d in self.store.get(job.id).deliveries}
+        outcome = _Outcome()
+        pending = []
         for dest in self.config.destinations:
-            if dest.name in done_before:
+            state = known[dest.name].state if dest.name in known else "pending"
+            if state == "done":
                 outcome.done.append(dest.name)
-                continue
-            start, wall_start = time.perf_counter(), time.time()
-            try:
-                report = send_series(dest, files, self.config.node.ae_title)
-            except SendError as exc:
-                state = "failed" if exc.permanent else "pending"
-                self.store.record_delivery(job.id, dest.name, state, str(exc))
-                (outcome.permanent if exc.permanent else outcome.transient).append(str(exc))
-                continue
-            self.store.record_delivery(job.id, dest.name, "done")
-            self.store.record_timing(job.id, f"send:{dest.name}", time.perf_counter() - start)
-            if report.seconds_to_first is not None and "first_store_at" not in job.timings:
-                self.store.record_timing(job.id, "first_store_at", wall_start + report.seconds_to_first)
-            outcome.done.append(dest.name)
+            elif state == "failed":   # permanent: not contacted again until `retry`
+                outcome.permanent.append(known[dest.name].reason or f"{dest.name} failed")
+            else:
+                pending.append(dest)
+        if not pending:
+            return outcome
+        with ThreadPoolExecutor(max_workers=len(pending), thread_name_prefix="ct2mri-send") as pool:
+            for name, error in pool.map(lambda d: self._send_one(job, d, files), pending):
+                if error is None:
+                    outcome.done.append(name)
+                else:
+                    (outcome.permanent if error.permanent else outcome.transient).append(str(error))
         return outcome
+
+    def _send_one(
+        self, job: Job, dest: DicomDestination | FolderDestination, files: list[Path]
+    ) -> tuple[str, SendError | None]:
+        """One destination, one attempt; its outcome is recorded on the job's delivery row."""
+        start, wall_start = time.perf_counter(), time.time()
+        try:
+            report = send_series(dest, files, self.config.node.ae_title)
+        except SendError as exc:
+            self.store.record_delivery(job.id, dest.name, "failed" if exc.permanent else "pending", str(exc))
+            return dest.name, exc
+        except Exception as exc:  # a bug in one destination must not hide the others' results
+            log.exception("job %d: unexpected error sending to %s", job.id, dest.name)
+            error = SendError(f"internal error sending to {dest.name}: {exc!r}; see the node log")
+            self.store.record_delivery(job.id, dest.name, "pending", str(error))
+            return dest.name, error
+        fault_point("after_send_before_record")
+        self.store.record_delivery(job.id, dest.name, "done")
+        self.store.record_timing(job.id, f"send:{dest.name}", time.perf_counter() - start)
+        if report.seconds_to_first is not None and "first_store_at" not in job.timings:
+            self.store.record_timing(job.id, "first_store_at", wall_start + report.seconds_to_first)
+        fault_point("between_sends")
+        return dest.name, None

@@ -34,6 +34,7 @@ class _Pending:
     last_arrival: float                    # monotonic
     last_arrival_wall: float               # time.time(), for latency records
     open_associations: set[int] = field(default_factory=set)
+    hold_until: float = 0.0                # monotonic; not complete before (restart grace)
 
 
 class CompletionWatcher:
@@ -53,8 +54,14 @@ class CompletionWatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def instance_received(self, series_uid: str, study_uid: str, association: int | None) -> None:
-        """Record an accepted instance delivered on ``association`` (None: not on a network)."""
+    def instance_received(
+        self, series_uid: str, study_uid: str, association: int | None, hold_s: float = 0.0
+    ) -> None:
+        """Record an accepted instance delivered on ``association`` (None: not on a network).
+
+        ``hold_s`` keeps the series open at least that long (a series found in the spool after
+        a restart waits for its sender to re-send the rest instead of completing half-received).
+        """
         with self._lock:
             entry = self._pending.get(series_uid)
             new = entry is None
@@ -63,11 +70,26 @@ class CompletionWatcher:
                 self._pending[series_uid] = entry
             entry.last_arrival = self._clock()
             entry.last_arrival_wall = time.time()
+            entry.hold_until = max(entry.hold_until, entry.last_arrival + hold_s)
             if association is not None:
                 entry.open_associations.add(association)
         if new:
             log.info("receiving series %s", series_uid)
             self._sink.series_received(series_uid, study_uid)
+
+    def touch(self, series_uid: str, association: int | None) -> None:
+        """A re-sent (duplicate) instance: keep a still-pending series open, never open a new one.
+
+        After a crash the sender re-sends what it had already sent; without this the series
+        could complete mid-way through the re-send and be translated with slices missing.
+        """
+        with self._lock:
+            entry = self._pending.get(series_uid)
+            if entry is None:
+                return
+            entry.last_arrival = self._clock()
+            if association is not None:
+                entry.open_associations.add(association)
 
     def association_closed(self, association: int) -> None:
         """The association ended (released, aborted or lost): its series may now complete."""
@@ -86,7 +108,8 @@ class CompletionWatcher:
         done: list[tuple[str, _Pending]] = []
         with self._lock:
             for uid, entry in list(self._pending.items()):
-                if not entry.open_associations and now - entry.last_arrival >= self._quiet:
+                quiet = now - entry.last_arrival >= self._quiet and now >= entry.hold_until
+                if not entry.open_associations and quiet:
                     done.append((uid, self._pending.pop(uid)))
         for uid, entry in done:
             log.info("series %s complete", uid)

@@ -8,7 +8,12 @@ escape. The C-STORE handler only parses UIDs and writes bytes; decoding happens 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import shutil
+from io import BytesIO
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
 
 from pydicom.uid import (
     UID,
@@ -30,10 +35,11 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
-from ..config import CallingAE, NodeSettings
+from ..config import CallingAE, LimitSettings, NodeSettings
 from ..errors import SpoolError
+from ..faults import fault_point
 from .completion import CompletionWatcher
-from .spool import Spool, StoreOutcome, header_from_dataset
+from .spool import InstanceHeader, Spool, StoreOutcome, header_from_dataset
 
 log = logging.getLogger(__name__)
 
@@ -61,18 +67,91 @@ CANNOT_UNDERSTAND = 0xC210
 PROCESSING_FAILURE = 0xC211
 
 
+_MB = 1024 * 1024
+
+
+def _status(code: int, comment: str) -> Dataset:
+    """A C-STORE response status with an Error Comment (64 characters at most) the sender can log."""
+    ds = Dataset()
+    ds.Status = code
+    ds.ErrorComment = comment[:64]
+    return ds
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Backpressure checks made before an instance is accepted (limits from the config)."""
+
+    limits: LimitSettings
+    backlog: Callable[[], int] = lambda: 0   # jobs queued now (the job store, wired by node.py)
+
+    def before_parse(self, event: evt.Event, spool: Spool) -> Dataset | None:
+        """Size and free-disk checks: a refusal status, or None to go on."""
+        size = _dataset_size(event)
+        if size > self.limits.max_instance_mb * _MB:
+            log.warning("answered 0xA700 to %s: instance of %.1f MB exceeds limits.max_instance_mb=%g",
+                        _peer(event), size / _MB, self.limits.max_instance_mb)
+            return _status(OUT_OF_RESOURCES, "instance larger than the node accepts")
+        free = _free_bytes(spool)
+        if free < self.limits.min_free_disk_mb * _MB:
+            log.error("answered 0xA700 to %s: %.0f MB free in the spool, below limits.min_free_disk_mb=%g;"
+                      " free disk space", _peer(event), free / _MB, self.limits.min_free_disk_mb)
+            return _status(OUT_OF_RESOURCES, "spool disk below its free-space watermark")
+        return None
+
+    def after_parse(self, event: evt.Event, spool: Spool, header: InstanceHeader) -> Dataset | None:
+        """Per-series and queue checks for a parsed instance: a refusal status, or None."""
+        count = spool.instance_count(header.series_uid)
+        if count == 0 and self.backlog() >= self.limits.max_queued_jobs:
+            log.warning("answered 0xA700 to %s for new series %s: %d jobs queued (limits.max_queued_jobs)",
+                        _peer(event), header.series_uid, self.limits.max_queued_jobs)
+            return _status(OUT_OF_RESOURCES, "too many series queued; send again later")
+        if count >= self.limits.max_instances_per_series and not spool.has_instance(header):
+            log.warning("answered 0xA700 to %s: series %s already has %d instances"
+                        " (limits.max_instances_per_series)", _peer(event), header.series_uid, count)
+            return _status(OUT_OF_RESOURCES, "series has more instances than the node accepts")
+        return None
+
+
+def _dataset_size(event: evt.Event) -> int:
+    """Bytes of the received data set, without decoding it."""
+    data = event.request.DataSet
+    if isinstance(data, BytesIO):
+        return int(data.getbuffer().nbytes)
+    position = data.tell()          # a file when pynetdicom receives in chunks
+    end = int(data.seek(0, 2))
+    data.seek(position)
+    return end
+
+
+def _free_bytes(spool: Spool) -> int:
+    try:
+        return int(shutil.disk_usage(spool.root).free)
+    except OSError:
+        return 0
+
+
 def handle_echo(event: evt.Event) -> int:
     """C-ECHO: always success."""
     return SUCCESS
 
 
-def handle_store(event: evt.Event, spool: Spool, watcher: CompletionWatcher) -> int:
+def handle_store(
+    event: evt.Event, spool: Spool, watcher: CompletionWatcher, admission: Admission | None = None
+) -> int | Dataset:
     """C-STORE: spool the instance durably, tell completion, answer an explicit status."""
+    admission = admission or Admission(LimitSettings(min_free_disk_mb=0))
+    refusal = admission.before_parse(event, spool)
+    if refusal is not None:
+        return refusal
     try:
         header = header_from_dataset(event.dataset)
     except Exception as exc:  # malformed header: the peer's data, not our fault
         log.warning("refused an instance from %s: %s", _peer(event), exc)
-        return CANNOT_UNDERSTAND
+        return _status(CANNOT_UNDERSTAND, f"cannot understand: {exc}")
+    refusal = admission.after_parse(event, spool, header)
+    if refusal is not None:
+        return refusal
     if header.sop_class_uid != event.context.abstract_syntax:
         log.warning(
             "refused instance %s: SOP Class %s does not match its presentation context %s",
@@ -87,28 +166,44 @@ def handle_store(event: evt.Event, spool: Spool, watcher: CompletionWatcher) -> 
     except Exception:  # never let an exception escape into pynetdicom
         log.exception("unexpected error storing instance %s", header.sop_instance_uid)
         return PROCESSING_FAILURE
-    if outcome is not StoreOutcome.DUPLICATE:
-        try:
+    try:
+        if outcome is StoreOutcome.DUPLICATE:   # a re-send keeps a pending series open
+            watcher.touch(header.series_uid, id(event.assoc))
+        else:
             watcher.instance_received(header.series_uid, header.study_uid, id(event.assoc))
-        except Exception:  # the instance is durable; the series is re-detected on restart
-            log.exception("could not record series %s for completion", header.series_uid)
+    except Exception:  # the instance is durable; the series is re-detected on restart
+        log.exception("could not record series %s for completion", header.series_uid)
+    fault_point("mid_association")
     return SUCCESS
 
 
 def handle_requested(event: evt.Event, allowed: Sequence[CallingAE]) -> None:
-    """A-ASSOCIATE-RQ: reject callers that are not on the allow-list (AE title and host)."""
+    """A-ASSOCIATE-RQ: reject unknown callers (AE title and host), then callers over the limit."""
     primitive = event.assoc.requestor.primitive
     calling = str(primitive.calling_ae_title).strip()
     host = event.assoc.requestor.address
-    if not allowed or any(
+    if allowed and not any(
         a.ae_title == calling and (a.host is None or a.host == host) for a in allowed
     ):
+        log.warning(
+            "rejected association from calling AE %r at %s: not in calling_aes of the config",
+            calling, host,
+        )
+        _reject(event, (0x01, 0x01, 0x03))  # permanent, service user, calling AE unknown
         return
-    log.warning(
-        "rejected association from calling AE %r at %s: not in calling_aes of the config",
-        calling, host,
-    )
-    event.assoc.acse.send_reject(0x01, 0x01, 0x03)  # permanent, service user, calling AE unknown
+    ae = event.assoc.ae
+    active = sum(1 for a in ae.active_associations if a.is_acceptor)
+    if active > ae.maximum_associations:
+        log.warning(
+            "rejected association from calling AE %r at %s: %d associations already open"
+            " (node.max_associations=%d); the caller may try again later",
+            calling, host, active - 1, ae.maximum_associations,
+        )
+        _reject(event, (0x02, 0x03, 0x02))  # transient, service provider, local limit exceeded
+
+
+def _reject(event: evt.Event, result_source_reason: tuple[int, int, int]) -> None:
+    event.assoc.acse.send_reject(*result_source_reason)
     event.assoc.is_rejected = True
     event.assoc.kill()
 
@@ -157,6 +252,7 @@ class StoreSCP:
         calling_aes: Sequence[CallingAE],
         spool: Spool,
         watcher: CompletionWatcher,
+        admission: Admission | None = None,
     ) -> None:
         self.settings = settings
         self._ae = build_ae(settings)
@@ -164,7 +260,7 @@ class StoreSCP:
             (evt.EVT_REQUESTED, handle_requested, [list(calling_aes)]),
             (evt.EVT_ACCEPTED, handle_accepted),
             (evt.EVT_C_ECHO, handle_echo),
-            (evt.EVT_C_STORE, handle_store, [spool, watcher]),
+            (evt.EVT_C_STORE, handle_store, [spool, watcher, admission]),
             (evt.EVT_CONN_CLOSE, handle_closed, [watcher]),
         ]
         self._server: ThreadedAssociationServer | None = None
@@ -179,9 +275,17 @@ class StoreSCP:
     def start(self) -> None:
         """Listen without blocking; OSError (port in use) surfaces to the caller."""
         address = (self.settings.bind_address, self.settings.port)
-        self._server = self._ae.start_server(address, block=False, evt_handlers=self._handlers)
+        context = None
+        if self.settings.tls is not None:
+            from ..security import server_context
+
+            context = server_context(self.settings.tls)
+        self._server = self._ae.start_server(
+            address, block=False, evt_handlers=self._handlers, ssl_context=context
+        )
         log.info(
-            "listening as %s on %s:%d", self.settings.ae_title, self.settings.bind_address, self.port
+            "listening as %s on %s:%d%s", self.settings.ae_title, self.settings.bind_address, self.port,
+            " (DICOM TLS only)" if context is not None else "",
         )
 
     def stop(self) -> None:

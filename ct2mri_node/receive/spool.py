@@ -149,6 +149,19 @@ class Spool:
             )
         return outcome
 
+    def instance_count(self, series_uid: str) -> int:
+        """How many instances of a series are spooled (0 for a series not seen yet)."""
+        folder = self.incoming / series_uid
+        try:
+            with os.scandir(folder) as entries:
+                return sum(1 for e in entries if e.name.endswith(".dcm") and not e.name.startswith("."))
+        except (FileNotFoundError, NotADirectoryError):
+            return 0
+
+    def has_instance(self, header: InstanceHeader) -> bool:
+        """Whether this SOP Instance is already spooled (a re-send, not a new instance)."""
+        return (self.incoming / header.series_uid / f"{header.sop_instance_uid}.dcm").is_file()
+
     def series_uids(self) -> list[str]:
         """Every series that has instances in the spool."""
         if not self.incoming.is_dir():

@@ -1,0 +1,56 @@
+"""Retries that help and stop: jittered capped backoff; a dead archive does not hold up the
+others; a rejecting archive is contacted once; ``retry`` makes failed destinations pending."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+from nodekit import CaptureSCP, make_ct_series, node_config
+from relkit import store, wait_for
+
+from ct2mri_node.config import NodeConfig
+from ct2mri_node.jobs.worker import backoff_s
+from ct2mri_node.node import Node
+
+
+def test_backoff_grows_with_jitter_and_a_cap() -> None:
+    rng = random.Random(3)
+    delays = [backoff_s(a, 1.0, 2.0, 10.0, 0.2, rng) for a in range(1, 8)]
+    assert 0.8 <= delays[0] <= 1.2 and 3.2 <= delays[2] <= 4.8
+    assert max(delays) <= 10.0 and delays[-1] == 10.0
+    assert len({backoff_s(3, 1.0, 2.0, 10.0, 0.2, rng) for _ in range(20)}) > 1   # jitter spreads retries
+    assert backoff_s(3, 1.0, 2.0, 10.0) == 4.0
+
+
+def test_dead_and_rejecting_archives_do_not_hold_up_the_others(
+    start_node: Callable[[NodeConfig], Node], capture: CaptureSCP, tmp_path: Path
+) -> None:
+    late = CaptureSCP(ae_title="LATE")      # down at first, up later
+    rejecting = {**capture.destination("rejecting"), "ae_title": "WRONGAE"}
+    outbox = tmp_path / "outbox"
+    config = node_config(tmp_path, destinations=[
+        capture.destination(), late.destination("late"), rejecting,
+        {"name": "local", "type": "folder", "path": str(outbox)}])
+    node = start_node(config)
+    assert store(node.port, make_ct_series(tmp_path / "ct", seed=9, slices=8, size=16)) == [0] * 8
+    assert node.store is not None
+    job = wait_for(lambda: [j for j in node.store.list() if j.attempts >= 3], 60)[0]
+    by_name = {d.destination: d for d in node.store.get(job.id).deliveries}
+    assert by_name["archive"].state == by_name["local"].state == "done"
+    assert by_name["archive"].attempts == 1 and len(capture.datasets) == 8     # sent once, not again
+    assert by_name["rejecting"].state == "failed" and by_name["rejecting"].attempts == 1   # not hammered
+    assert by_name["late"].state == "pending" and by_name["late"].attempts >= 2
+    late.start()
+    try:
+        final = wait_for(lambda: [j for j in node.store.list() if j.state in ("done", "failed")], 60)[0]
+    finally:
+        late.stop()
+    assert final.state == "failed" and "rejected the association" in (final.reason or "")
+    assert len({str(d.SOPInstanceUID) for d in late.datasets}) == 8 == len(late.datasets)
+    again = node.store.retry(final.id)
+    assert {d.destination: d.state for d in again.deliveries}["rejecting"] == "pending"
+    assert wait_for(lambda: node.store.get(final.id).state == "failed" and
+                    {d.destination: d.attempts for d in node.store.get(final.id).deliveries}["rejecting"] == 1, 60)
+    assert len(capture.datasets) == 8 and len(late.datasets) == 8      # done destinations skipped
