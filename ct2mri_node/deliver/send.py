@@ -8,23 +8,21 @@ failure other than out-of-resources are permanent).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import ssl
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from ..config import DicomDestination, FolderDestination
 from ..errors import SendError
+from ..fsutil import atomic_write, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -56,28 +54,14 @@ def send_folder(destination: FolderDestination, files: Sequence[Path]) -> SendRe
     try:
         target.mkdir(parents=True, exist_ok=True)
         for path in files:
-            _atomic_copy(path, target / path.name)
+            atomic_write(target / path.name, path.read_bytes(), sync_dir=False)
+        fsync_dir(target)
     except OSError as exc:
         raise SendError(
             f"cannot write to folder destination {destination.name} ({target}): {exc.strerror or exc}"
         ) from exc
     log.info("wrote %d instances to folder destination %s", len(files), destination.name)
     return SendReport(destination.name, len(files))
-
-
-def _atomic_copy(source: Path, target: Path) -> None:
-    data = source.read_bytes()
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 # -- DICOM ------------------------------------------------------------------------------
@@ -88,6 +72,15 @@ def _contexts(files: Sequence[Path]) -> set[tuple[UID, UID]]:
         meta = pydicom.filereader.read_file_meta_info(path)
         pairs.add((UID(meta.MediaStorageSOPClassUID), UID(meta.TransferSyntaxUID)))
     return pairs
+
+
+def _offered_syntaxes(syntax: UID) -> list[UID]:
+    """The file's own syntax, and Implicit VR Little Endian beside Explicit VR Little Endian
+    (the DICOM default every peer accepts); pynetdicom re-encodes a file for whichever the peer
+    accepted."""
+    if syntax == ExplicitVRLittleEndian:
+        return [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    return [syntax]
 
 
 def _client_ae(calling_ae: str, destination: DicomDestination) -> AE:
@@ -153,7 +146,7 @@ def send_dicom(destination: DicomDestination, files: Sequence[Path], calling_ae:
     """C-STORE every file on one association, checking every response status."""
     ae = _client_ae(calling_ae, destination)
     for sop_class, syntax in sorted(_contexts(files)):
-        ae.add_requested_context(sop_class, [syntax])
+        ae.add_requested_context(sop_class, _offered_syntaxes(syntax))
     assoc = _associate(ae, destination)
     start = time.perf_counter()
     first: float | None = None

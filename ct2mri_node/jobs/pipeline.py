@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from pydicom.dataset import Dataset
 from ..deliver.encode import EncodeOptions, FileEncoder, encode_series
 from ..deliver.uids import is_valid_uid
 from ..errors import InputError, SpoolError
+from ..fsutil import fsync_dir, fsync_path, write_temporary
 from ..volume.assemble import CTVolume, VolumeLimits, assemble
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ def write_series(datasets: Sequence[Dataset], out_dir: str | os.PathLike[str]) -
         finally:
             for tmp in temps[len(paths):]:
                 tmp.unlink(missing_ok=True)
-        _fsync_dir(directory)
+        fsync_dir(directory)
     except OSError as exc:
         raise SpoolError(f"cannot write the MR series to {directory}: {exc}") from exc
     log.debug("wrote %d MR files to %s", len(paths), directory)
@@ -131,8 +131,8 @@ def _write_temporaries(datasets: Sequence[Dataset], directory: Path) -> list[Pat
         with ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="fsync") as pool:
             pending = []
             for ds in datasets:
-                temps.append(_write_file(encoder.encode(ds), directory))
-                pending.append(pool.submit(_fsync_file, temps[-1]))
+                temps.append(write_temporary(encoder.encode(ds), directory, suffix=".dcm", sync=False))
+                pending.append(pool.submit(fsync_path, temps[-1]))
             for future in pending:
                 future.result()
     except BaseException:
@@ -140,31 +140,3 @@ def _write_temporaries(datasets: Sequence[Dataset], directory: Path) -> list[Pat
             tmp.unlink(missing_ok=True)
         raise
     return temps
-
-
-def _write_file(data: bytes, directory: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".dcm", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return Path(tmp)
-
-
-def _fsync_file(path: Path) -> None:
-    """Flush a closed file's data to disk (fsync through a new descriptor, as on Linux)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

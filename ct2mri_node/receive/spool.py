@@ -7,17 +7,16 @@ Layout under the spool root::
     jobs.sqlite3                                   job records (see jobs/store.py)
 
 Every file is written to a temporary name in its final folder, fsynced, renamed with
-``os.replace`` and the folder fsynced, so a crash leaves either the old or the new file.
+``os.replace`` and the folder fsynced (:mod:`ct2mri_node.fsutil`), so a crash leaves either
+the old or the new file.
 """
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from ..errors import SpoolError
+from ..fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -52,31 +52,6 @@ class InstanceHeader:
     sop_instance_uid: str
     series_uid: str
     study_uid: str
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` durably: temp file, fsync, rename, fsync folder."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_header(path: Path) -> InstanceHeader:

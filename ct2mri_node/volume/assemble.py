@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 _HEADER_EXCLUDE = frozenset(
     Tag(t) for t in (0x7FE00010, 0x7FE00008, 0x7FE00009, 0x52009230)
 )
+#: Pixel elements: decoded by assembly, slice by slice, not by the header check.
+_PIXEL_TAGS = frozenset(Tag(t) for t in (0x7FE00010, 0x7FE00008, 0x7FE00009))
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,8 @@ def _read(path: Path, defer_size_bytes: int | None) -> Dataset:
 def assemble(datasets: Sequence[Dataset], limits: VolumeLimits = VolumeLimits()) -> CTVolume:
     """Make one CT volume from the datasets of one series, or raise SeriesRejected."""
     notes: list[str] = []
+    for ds in datasets:
+        _check_decodable(ds)
     images = _ct_images(datasets, notes)
     frames = _usable_frames(images, notes)
     orientation = _common_orientation(frames, limits, notes)
@@ -158,6 +162,43 @@ def assemble(datasets: Sequence[Dataset], limits: VolumeLimits = VolumeLimits())
     for note in notes:
         log.info("series %s: %s", volume.series_instance_uid, note)
     return volume
+
+
+def _check_decodable(ds: Dataset) -> None:
+    """Refuse an instance whose header pydicom cannot decode (unknown VR, broken value).
+
+    Every standard element is decoded once here (pixel data stays in its file), so the
+    geometry checks and the encoder only see values that decode. Private elements are not
+    checked: the MR series copies none of them.
+    """
+    try:
+        _decode_elements(ds)
+    except SeriesRejected:
+        raise
+    except Exception as exc:  # noqa: BLE001 (pydicom raises many types on broken values)
+        raise SeriesRejected(
+            f"{_name(ds)} of the series has a malformed header: an element cannot be decoded "
+            f"({str(exc)[:200]}). Resend the series from the scanner or PACS, or fix its export",
+            "invalid_series",
+        ) from exc
+
+
+def _decode_elements(ds: Dataset) -> None:
+    """Decode every standard non-pixel element of ``ds`` and of its sequence items."""
+    for tag in list(ds.keys()):
+        if tag in _PIXEL_TAGS or tag.is_private:
+            continue
+        element = ds[tag]
+        if element.VR == "SQ":
+            for item in element.value:
+                _decode_elements(item)
+
+
+def _name(ds: Dataset) -> str:
+    """The file name of ``ds`` when it came from a file, else its SOP Instance UID."""
+    if isinstance(ds.filename, str):
+        return Path(ds.filename).name
+    return f"instance {ds.get('SOPInstanceUID', '?')}"
 
 
 def _ct_images(datasets: Sequence[Dataset], notes: list[str]) -> list[Dataset]:
@@ -293,7 +334,8 @@ def _check_grid(frames: Sequence[Frame], limits: VolumeLimits) -> None:
         raise SeriesRejected(
             f"the series is {len(frames)} slices of {first.rows}x{first.columns}; the node "
             f"accepts at most {limits.max_slices} slices of {limits.max_rows}x"
-            f"{limits.max_columns} (volume limits in the configuration)", "too_large",
+            f"{limits.max_columns} (series.max_slices and series.max_matrix of the node, "
+            "--max-slices and --max-matrix of translate)", "too_large",
         )
     if min(first.pixel_spacing) <= 0:
         raise SeriesRejected(f"PixelSpacing {first.pixel_spacing} is not positive",

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pydicom
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import MRImageStorage, Verification  # type: ignore[attr-defined]
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification  # type: ignore[attr-defined]
 
 from ct2mri_node.config import NodeConfig, parse_config
+from ct2mri_node.jobs.store import Job
+from ct2mri_node.node import Node
 from ct2mri_node.training.ct_dicom import write_ct_series
 
 
@@ -36,10 +41,13 @@ def make_ct_series(out_dir: Path, seed: int = 0, slices: int = 12, size: int = 3
 class CaptureSCP:
     """A pynetdicom storage SCP that keeps every received dataset (the test's archive)."""
 
-    def __init__(self, ae_title: str = "ARCHIVE", status: int = 0x0000) -> None:
+    def __init__(self, ae_title: str = "ARCHIVE", status: int = 0x0000,
+                 syntaxes: tuple[str, ...] = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")) -> None:
         self.ae_title = ae_title
         self.status = status
+        self.syntaxes = syntaxes                  # transfer syntaxes accepted for MR storage
         self.datasets: list[pydicom.Dataset] = []
+        self.received_syntaxes: list[str] = []    # the accepted context's syntax, per C-STORE
         self.lock = threading.Lock()
         self.port = free_port()
         self._server: Any = None
@@ -49,11 +57,12 @@ class CaptureSCP:
         ds.file_meta = event.file_meta
         with self.lock:
             self.datasets.append(ds)
+            self.received_syntaxes.append(str(event.context.transfer_syntax))
         return self.status
 
     def start(self) -> CaptureSCP:
         ae = AE(ae_title=self.ae_title)
-        ae.add_supported_context(MRImageStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+        ae.add_supported_context(MRImageStorage, list(self.syntaxes))
         ae.add_supported_context(Verification)
         ae.require_called_aet = True
         self._server = ae.start_server(
@@ -73,15 +82,49 @@ class CaptureSCP:
 
 def node_config(tmp_path: Path, **overrides: Any) -> NodeConfig:
     """A test config: loopback, port 0, fast completion and backoff, tiny model steps."""
+    return parse_config(node_config_data(**overrides), tmp_path, "test")
+
+
+def node_config_data(**overrides: Any) -> dict[str, Any]:
+    """The YAML data of :func:`node_config` (to write a config file for the CLI)."""
     data: dict[str, Any] = {
         "node": {"ae_title": "CT2MRI", "port": 0, "bind_address": "127.0.0.1"},
         "calling_aes": [],
         "destinations": [],
         "spool_dir": "spool",
-        "series": {"quiet_period_s": 0.5, "min_slices": 8},
+        "series": {"quiet_period_s": 0.5, "min_slices": 8, "restart_hold_s": 0},
         "model": {"checkpoint": "bundled", "device": "cpu", "steps": 2},
         "worker": {"max_attempts": 5, "backoff_initial_s": 0.3, "backoff_max_s": 1.0, "poll_interval_s": 0.1},
     }
-    for key, value in overrides.items():
-        data[key] = value
-    return parse_config(data, tmp_path, "test")
+    data.update(overrides)
+    return data
+
+
+def send(port: int, paths: list[Path], calling: str = "PACS", syntax: str = ExplicitVRLittleEndian) -> None:
+    """C-STORE ``paths`` to the node over one association; every status must be success."""
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(CTImageStorage, [syntax])
+    assoc = ae.associate("127.0.0.1", port, ae_title="CT2MRI")
+    assert assoc.is_established
+    try:
+        assert [int(assoc.send_c_store(p).Status) for p in paths] == [0] * len(paths)
+    finally:
+        assoc.release()
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float = 60.0) -> Any:
+    """Poll ``predicate`` until it returns something truthy (that value), or fail."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting")
+
+
+def jobs_in(node: Node, *states: str) -> list[Job]:
+    """The node's jobs when every one is in ``states``, else an empty list."""
+    assert node.store is not None
+    jobs = node.store.list()
+    return jobs if jobs and all(j.state in states for j in jobs) else []

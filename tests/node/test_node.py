@@ -3,72 +3,17 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pydicom
 import pytest
-from nodekit import CaptureSCP, make_ct_series, node_config
-from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+from nodekit import CaptureSCP, jobs_in, make_ct_series, node_config, send, wait_for
 
 from ct2mri_node.config import NodeConfig
-from ct2mri_node.jobs.store import Job
-from ct2mri_node.model.testing import make_tiny_checkpoint
-from ct2mri_node.model.translator import TranslationSettings, Translator
+from ct2mri_node.model.translator import Translator
 from ct2mri_node.node import Node
 from ct2mri_node.receive.spool import header_from_dataset
-
-
-@pytest.fixture(scope="module")
-def translator(tmp_path_factory: pytest.TempPathFactory) -> Translator:
-    ckpt = make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
-    return Translator(ckpt, TranslationSettings(steps=2, device="cpu"))
-
-
-@pytest.fixture
-def start_node(translator: Translator) -> Iterator[Callable[[NodeConfig], Node]]:
-    nodes: list[Node] = []
-
-    def start(config: NodeConfig) -> Node:
-        node = Node(config, translator=translator)
-        node.start()
-        nodes.append(node)
-        return node
-
-    yield start
-    for node in nodes:
-        node.stop()
-
-
-def send(port: int, paths: list[Path], calling: str = "PACS") -> None:
-    ae = AE(ae_title=calling)
-    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
-    assoc = ae.associate("127.0.0.1", port, ae_title="CT2MRI")
-    assert assoc.is_established
-    try:
-        assert [int(assoc.send_c_store(p).Status) for p in paths] == [0] * len(paths)
-    finally:
-        assoc.release()
-
-
-def wait_for(predicate: Callable[[], Any], timeout_s: float = 60.0) -> Any:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting")
-
-
-def jobs_in(node: Node, *states: str) -> list[Job]:
-    assert node.store is not None
-    jobs = node.store.list()
-    return jobs if jobs and all(j.state in states for j in jobs) else []
 
 
 def check_mr_series(mr: list[pydicom.Dataset], ct_paths: list[Path]) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from nodekit import CaptureSCP, free_port
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from ct2mri_node.config import DicomDestination, FolderDestination
 from ct2mri_node.deliver.send import echo, send_series
@@ -79,3 +79,19 @@ def test_folder_destination(tmp_path: Path) -> None:
     written = sorted((tmp_path / "outbox" / series).iterdir())
     assert [p.name for p in written] == sorted(p.name for p in files)
     assert written[0].read_bytes() == (tmp_path / "mr" / written[0].name).read_bytes()
+
+
+def test_peer_accepting_only_implicit_vr_gets_implicit_vr(tmp_path: Path) -> None:
+    """Explicit VR files go to a peer that accepts only Implicit VR Little Endian, re-encoded."""
+    scp = CaptureSCP(syntaxes=(ImplicitVRLittleEndian,)).start()
+    try:
+        files = _mr_files(tmp_path / "mr")
+        assert send_series(_dest(scp), files, "CT2MRI").instances == 3
+    finally:
+        scp.stop()
+    assert scp.received_syntaxes == [ImplicitVRLittleEndian] * 3
+    sent = {str(pydicom.dcmread(p).SOPInstanceUID): pydicom.dcmread(p) for p in files}
+    for ds in scp.datasets:
+        assert ds.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+        original = sent[str(ds.SOPInstanceUID)]
+        assert (ds.Modality, ds.InstanceNumber) == (original.Modality, original.InstanceNumber)

@@ -1,0 +1,64 @@
+"""The embedded default config loads, and its commented block documents every key of the schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from ct2mri_node.config import DEFAULT_CONFIG_PATH, NodeConfig, load_config, parse_config
+
+BEGIN, END = "# --- every key", "# --- end ---"
+
+
+def _documented_block() -> dict[str, Any]:
+    """The commented block of the default config, uncommented and parsed as YAML."""
+    lines = DEFAULT_CONFIG_PATH.read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(BEGIN))
+    end = lines.index(END)
+    body = [line[2:] if line.startswith("# ") else line.lstrip("#") for line in lines[start + 1:end]]
+    data = yaml.safe_load("\n".join(body))
+    assert isinstance(data, dict)
+    return data
+
+
+def _model_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
+    """Every key path of a pydantic model, nested models and lists of models included."""
+    keys = set()
+    for name, field in model.model_fields.items():
+        keys.add(prefix + name)
+        for sub in _models_in(field.annotation):
+            keys |= _model_keys(sub, f"{prefix}{name}.")
+    return keys
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in getattr(annotation, "__args__", ()) for m in _models_in(arg)]
+
+
+def _data_keys(data: Any, prefix: str = "") -> set[str]:
+    """Every key path in parsed YAML (the items of a list merged)."""
+    keys: set[str] = set()
+    items = data if isinstance(data, list) else [data]
+    for item in items:
+        if isinstance(item, dict):
+            for name, value in item.items():
+                keys.add(prefix + name)
+                keys |= _data_keys(value, f"{prefix}{name}.")
+    return keys
+
+
+def test_default_config_loads() -> None:
+    config = load_config(DEFAULT_CONFIG_PATH)
+    assert config.destinations and config.model.checkpoint == "bundled"
+
+
+def test_commented_block_is_valid_and_lists_every_key(tmp_path: Path) -> None:
+    data = _documented_block()
+    parse_config(data, tmp_path, "the commented block of config/ct2mri-node.yaml")  # only schema keys, valid values
+    missing = _model_keys(NodeConfig) - _data_keys(data)
+    assert not missing, f"keys of config.py not documented in config/ct2mri-node.yaml: {sorted(missing)}"
