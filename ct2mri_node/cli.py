@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 #: Sub-command modules, in the order ``--help`` lists them.
 COMMANDS: tuple[str, ...] = (
     "serve",
+    "worker",
     "translate",
     "phantoms",
     "train",

@@ -111,11 +111,19 @@ Destination = Annotated[DicomDestination | FolderDestination, Field(discriminato
 
 
 class SeriesSettings(_Frozen):
-    """When a received series counts as complete."""
+    """When a received series counts as complete, and what size of volume it may have."""
 
     quiet_period_s: Annotated[float, Field(ge=0)] = 2.0
     min_slices: Annotated[int, Field(ge=1)] = 8
+    max_slices: Annotated[int, Field(ge=1)] = 2000     # more slices: the job fails with reason too_large
+    max_matrix: Annotated[int, Field(ge=1)] = 1024     # more rows or columns: too_large
     restart_hold_s: Annotated[float, Field(ge=0)] = 30.0   # after a restart, series found in the spool wait this long for re-sends
+
+    @model_validator(mode="after")
+    def _slice_range(self) -> SeriesSettings:
+        if self.max_slices < self.min_slices:
+            raise ValueError(f"max_slices {self.max_slices} is below min_slices {self.min_slices}")
+        return self
 
 
 class ModelSettings(_Frozen):
@@ -154,6 +162,41 @@ class LimitSettings(_Frozen):
     max_queued_jobs: Annotated[int, Field(ge=1)] = 100          # at this many, instances of NEW series: 0xA700
 
 
+class UrgentRule(_Frozen):
+    """Series that go to the urgent queue: every field set must match (regex: case-insensitive search)."""
+
+    calling_ae: AETitle | None = None
+    series_description: str | None = None
+
+    @model_validator(mode="after")
+    def _one_field(self) -> UrgentRule:
+        if self.calling_ae is None and self.series_description is None:
+            raise ValueError("an urgent rule needs calling_ae, series_description or both")
+        if self.series_description is not None:
+            try:
+                re.compile(self.series_description)
+            except re.error as exc:
+                raise ValueError(f"series_description {self.series_description!r} is not a regular expression: {exc}") from None
+        return self
+
+
+class QueueSettings(_Frozen):
+    """Where jobs wait: ``local`` (one process, no broker) or ``celery`` (a Redis broker, worker processes)."""
+
+    backend: Literal["local", "celery"] = "local"
+    broker_url: str | None = None            # redis://host:6379/0; required with celery
+    urgent: list[UrgentRule] = []            # matching series go to the "urgent" queue, others to "routine"
+    lease_s: Seconds = 60.0                  # a worker that stops renewing its claim this long is presumed dead
+    republish_after_s: Seconds = 60.0        # a queued job published this long ago and still unclaimed: publish again
+    sweep_interval_s: Seconds = 2.0          # how often receivers and workers look for jobs to (re-)publish
+
+    @model_validator(mode="after")
+    def _broker(self) -> QueueSettings:
+        if self.backend == "celery" and not (self.broker_url or "").startswith(("redis://", "rediss://")):
+            raise ValueError("backend celery needs broker_url: redis://HOST:PORT/DB (or rediss:// for TLS)")
+        return self
+
+
 class OpsSettings(_Frozen):
     """Operations: the HTTP endpoint for /metrics, /healthz, /readyz and the QA previews."""
 
@@ -175,6 +218,7 @@ class NodeConfig(_Frozen):
     worker: WorkerSettings = WorkerSettings()
     ops: OpsSettings = OpsSettings()
     limits: LimitSettings = LimitSettings()
+    queue: QueueSettings = QueueSettings()
 
     @model_validator(mode="after")
     def _unique_destination_names(self) -> NodeConfig:

@@ -3,6 +3,12 @@
 Start-up order makes restarts safe: interrupted jobs go back to the queue, series left in the
 spool without a job are watched again (they complete one quiet period later), and only then
 does the SCP accept new associations.
+
+Roles: ``all`` (the default) receives and translates in this process; with
+``queue.backend: celery`` it also publishes job ids to the broker, and ``receiver`` only
+receives and publishes, leaving translation to ``ct2mri-node worker`` processes that share the
+spool. With the celery backend no process requeues in-flight jobs at start (other workers may be
+running them); a lapsed lease hands a dead worker's job to another (see ``jobs/queue.py``).
 """
 
 from __future__ import annotations
@@ -12,9 +18,10 @@ import threading
 from typing import Any
 
 from .config import NodeConfig
-from .errors import JobError
+from .errors import ConfigError, JobError
 from .faults import fault_point
 from .jobs.pipeline import PipelineOptions
+from .jobs.queue import JobDispatch, LeasedClaims, Publisher, priority_for, series_description, worker_identity
 from .jobs.store import JobStore
 from .jobs.worker import Worker
 from .ops.health import HealthServer
@@ -25,6 +32,16 @@ from .receive.scp import Admission, StoreSCP
 from .receive.spool import Spool, read_header
 
 log = logging.getLogger(__name__)
+
+ROLES = ("all", "receiver")
+
+
+def _calling_ae() -> str | None:
+    """The calling AE title when run inside a pynetdicom association's thread (C-STORE handlers
+    run there), else None: lets the completion sink apply calling-AE priority rules."""
+    requestor = getattr(threading.current_thread(), "requestor", None)
+    title = getattr(requestor, "ae_title", None)
+    return str(title).strip() if title is not None else None
 
 
 def load_translator(config: NodeConfig) -> Any:
@@ -38,8 +55,17 @@ def load_translator(config: NodeConfig) -> Any:
 class Node:
     """A running ct2mri-node: receives CT, translates complete series, sends MR series."""
 
-    def __init__(self, config: NodeConfig, translator: Any = None, pipeline_options: PipelineOptions | None = None) -> None:
+    def __init__(
+        self, config: NodeConfig, translator: Any = None, pipeline_options: PipelineOptions | None = None,
+        role: str = "all",
+    ) -> None:
+        if role not in ROLES:
+            raise ConfigError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
+        if role == "receiver" and config.queue.backend != "celery":
+            raise ConfigError("--role receiver needs queue.backend: celery and a broker_url in the config; "
+                              "with the local queue no other process would translate")
         self.config = config
+        self.role = role
         self.metrics = NodeMetrics()
         self.spool: Spool = MeteredSpool(config.spool_dir, self.metrics)
         self.health: HealthServer | None = None
@@ -51,41 +77,88 @@ class Node:
         self.scp: StoreSCP | None = None
         self.watcher: CompletionWatcher | None = None
         self.worker: Worker | None = None
+        self.dispatch: JobDispatch | None = None
+        self.publisher: Publisher | None = None
+        self._calling: dict[str, str] = {}
+
+    @property
+    def distributed(self) -> bool:
+        """Whether jobs go through the broker (queue.backend: celery)."""
+        return self.config.queue.backend == "celery"
 
     # completion sink: the job store, plus waking the worker
     def series_received(self, series_uid: str, study_uid: str) -> None:
         """First instance of a series: open its ``received`` job record."""
+        calling = _calling_ae()
+        if calling is not None and self.config.queue.urgent:
+            self._calling[series_uid] = calling
         self._store().series_received(series_uid, study_uid)
 
     def series_complete(self, series_uid: str, study_uid: str, last_instance_at: float) -> None:
         """Series complete: queue its job and wake the worker."""
         fault_point("after_spool_before_job")
+        priority = self._priority(series_uid) if self.dispatch is not None else None
+        # set on the open job before it is queued, so no sweep can publish it with the default
+        early = self.dispatch.set_priority(series_uid, priority) if self.dispatch and priority else None
         self._store().series_complete(series_uid, study_uid, last_instance_at)
+        if self.dispatch is not None and priority is not None:
+            job_id = early or self.dispatch.set_priority(series_uid, priority)
+            if priority == "urgent":
+                log.info("job %s of series %s goes to the urgent queue", job_id, series_uid)
+        if self.publisher is not None:
+            self.publisher.wake()
         if self.worker is not None:
             self.worker.wake()
+
+    def _priority(self, series_uid: str) -> str:
+        """``urgent`` or ``routine`` by the ``queue.urgent`` rules (calling AE, series description)."""
+        rules = self.config.queue.urgent
+        if not rules:
+            return "routine"
+        paths = self.spool.instance_paths(series_uid)
+        description = series_description(paths[0]) if paths else ""
+        return priority_for(rules, self._calling.pop(series_uid, None), description)
 
     def start(self) -> None:
         """Open the spool and store, load the model, start watching, working and listening."""
         self.spool.create()
         self.store = MeteredJobStore(self.spool.db_path, self.metrics)
-        self.store.recover()
+        if self.distributed:
+            self._start_publisher(self.store)
+        else:
+            self.store.recover()
         if self.config.ops.http_port is not None:
-            self.health = HealthServer(self.config, self.metrics, lambda: self._translator is not None)
+            ready = lambda: self.role == "receiver" or self._translator is not None  # noqa: E731
+            self.health = HealthServer(self.config, self.metrics, ready)
             self.health.start()
-        if self._translator is None:
+        if self._translator is None and self.role == "all":
             self._translator = load_translator(self.config)
         self.watcher = CompletionWatcher(self, self.config.series.quiet_period_s)
         self._redetect()
         self.watcher.start()
-        self.worker = Worker(self.config, self.store, self.spool, self._translator, self._pipeline_options)
-        self.worker.observer = OpsObserver(self.store, self.metrics, self.config.ops.qa_preview)
+        if self.role == "all":
+            self._start_worker(self.store)
+        admission = Admission(self.config.limits, lambda: self._store().count("queued"))
+        self.scp = StoreSCP(self.config.node, self.config.calling_aes, self.spool, self.watcher, admission)
+        self.scp.start()
+
+    def _start_publisher(self, store: JobStore) -> None:
+        """Celery backend: the dispatch table and the thread that publishes job ids."""
+        from .jobs.distributed import make_app, publisher_send
+
+        self.dispatch = JobDispatch(store, self.config.queue.lease_s, worker_identity(self.config.model.device))
+        self.publisher = Publisher(self.dispatch, publisher_send(make_app(self.config)), self.config.queue)
+        self.publisher.start()
+
+    def _start_worker(self, store: JobStore) -> None:
+        """The in-process worker thread (with leases when worker processes share the store)."""
+        claims = LeasedClaims(self.dispatch) if self.dispatch is not None else None
+        self.worker = Worker(self.config, store, self.spool, self._translator, self._pipeline_options, claims)
+        self.worker.observer = OpsObserver(store, self.metrics, self.config.ops.qa_preview)
         self._worker_thread = threading.Thread(
             target=self.worker.run, args=(self._stop,), name="ct2mri-worker", daemon=True
         )
         self._worker_thread.start()
-        admission = Admission(self.config.limits, lambda: self._store().count("queued"))
-        self.scp = StoreSCP(self.config.node, self.config.calling_aes, self.spool, self.watcher, admission)
-        self.scp.start()
 
     @property
     def port(self) -> int:
@@ -105,6 +178,8 @@ class Node:
             self.worker.wake()
         if self._worker_thread is not None:
             self._worker_thread.join()
+        if self.publisher is not None:
+            self.publisher.stop()
         if self.health is not None:
             self.health.stop()
         log.info("node stopped")

@@ -9,6 +9,7 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     command -v storescu >/dev/null 2>&1 || need="$need dcmtk"
     command -v Orthanc >/dev/null 2>&1 || need="$need orthanc"
     command -v ip >/dev/null 2>&1 || need="$need iproute2"
+    command -v redis-server >/dev/null 2>&1 || need="$need redis-server"   # broker of the scale-out tests
     if [ -n "$need" ]; then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need >/dev/null

@@ -26,6 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--config", type=Path, default=None,
         help=f"YAML configuration (default: $CT2MRI_NODE_CONFIG or {default_config_path()})",
     )
+    parser.add_argument(
+        "--role", choices=["all", "receiver"], default="all",
+        help="all: receive and translate in this process (default); receiver: receive and queue jobs "
+        "for `ct2mri-node worker` processes (needs queue.backend: celery in the config)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -33,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from ..node import Node
 
     config = load_config(args.config)
-    node = Node(config)
+    node = Node(config, role=args.role)
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -50,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
             f"cannot listen on {config.node.bind_address}:{config.node.port}: {exc.strerror or exc}; "
             "is another node running? change node.port in the config"
         ) from exc
-    print(f"ct2mri-node listening as {config.node.ae_title} on port {node.port}", flush=True)
+    role = "" if args.role == "all" else f" (role {args.role})"
+    print(f"ct2mri-node listening as {config.node.ae_title} on port {node.port}{role}", flush=True)
     while not stopping.wait(0.5):
         pass
     node.stop()

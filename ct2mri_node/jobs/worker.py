@@ -23,11 +23,12 @@ from typing import Any
 
 from ..config import DicomDestination, FolderDestination, NodeConfig
 from ..deliver.send import send_series
-from ..errors import Ct2MriError, InputError, SendError, SpoolError
+from ..errors import Ct2MriError, InputError, SendError, SeriesRejected, SpoolError
 from ..faults import fault_point
 from ..receive.spool import Spool
 from ..volume.assemble import VolumeLimits, read_series
 from .pipeline import PipelineOptions, run_pipeline, write_series
+from .queue import ClaimSource, LocalClaims
 from .store import Job, JobStore
 
 log = logging.getLogger(__name__)
@@ -59,22 +60,6 @@ class _Outcome:
     permanent: list[str] = field(default_factory=list)
 
 
-def _decodable(datasets: list[Any], job_id: int) -> list[Any]:
-    """Leave out instances with an element that cannot be decoded (bad VR, wrong length, ...),
-    with a log line each, so that assembly sees only data it can judge and refuses with a reason."""
-    kept = []
-    for ds in datasets:
-        try:
-            for element in ds.iterall():
-                _ = element.value
-        except Exception as exc:  # noqa: BLE001 (pydicom raises many types on broken values)
-            log.warning("job %d: left out instance %s: an element cannot be decoded (%s)",
-                        job_id, ds.get("SOPInstanceUID", "?"), str(exc)[:200])
-            continue
-        kept.append(ds)
-    return kept
-
-
 def backoff_s(
     attempt: int, initial_s: float, factor: float, maximum_s: float,
     jitter: float = 0.0, rng: random.Random | None = None,
@@ -88,7 +73,12 @@ def backoff_s(
 
 
 class Worker:
-    """Runs jobs from the store; one job at a time (one worker per device)."""
+    """Runs jobs from the store; one job at a time (one worker per device).
+
+    ``claims`` says where jobs come from: the store itself in one process (the default), or
+    leases shared by worker processes (``jobs/queue.py``); a Celery task calls :meth:`process`
+    on a job it claimed, the in-process loop calls :meth:`run`. Both run the same code.
+    """
 
     def __init__(
         self,
@@ -97,13 +87,16 @@ class Worker:
         spool: Spool,
         translator: Any,
         pipeline_options: PipelineOptions | None = None,
+        claims: ClaimSource | None = None,
     ) -> None:
         self.config = config
         self.store = store
+        self.claims: ClaimSource = claims or LocalClaims(store)
         self.spool = spool
         self.translator = translator
         self.pipeline_options = pipeline_options or PipelineOptions(
-            limits=VolumeLimits(min_slices=config.series.min_slices)
+            limits=VolumeLimits(min_slices=config.series.min_slices, max_slices=config.series.max_slices,
+                                max_rows=config.series.max_matrix, max_columns=config.series.max_matrix)
         )
         self._wake = threading.Event()
         #: Optional operations hook (metrics, provenance, QA preview); see ct2mri_node/ops/observer.py.
@@ -130,9 +123,14 @@ class Worker:
 
     def run_once(self) -> Job | None:
         """Claim and process one due job; returns its final snapshot, or None if none was due."""
-        job = self.store.claim()
+        job = self.claims.claim()
         if job is None:
             return None
+        with self.claims.holding(job):
+            return self.process(job)
+
+    def process(self, job: Job) -> Job:
+        """Run one claimed job to done, failed or deferred; returns its final snapshot."""
         log.info("job %d: series %s, attempt %d", job.id, job.series_uid, job.attempts)
         try:
             if not job.translated:
@@ -144,7 +142,8 @@ class Worker:
             log.warning("job %d failed: %s", job.id, exc)
             if self.observer is not None:
                 self.observer.job_failed(job, exc)
-            self.store.fail(job.id, str(exc))
+            reason = f"series refused ({exc.reason}): {exc}" if isinstance(exc, SeriesRejected) else str(exc)
+            self.store.fail(job.id, reason)
         except Exception as exc:  # a bug must not stop the worker; record it on the job
             log.exception("job %d: unexpected error", job.id)
             self.store.fail(job.id, f"internal error: {exc!r}; see the node log")
@@ -154,7 +153,7 @@ class Worker:
     def _translate(self, job: Job) -> None:
         """Spooled CT -> MR series in the job's output folder (written whole, then renamed)."""
         start = time.perf_counter()
-        datasets = _decodable(read_series(self.spool.instance_paths(job.series_uid)), job.id)
+        datasets = read_series(self.spool.instance_paths(job.series_uid))  # assemble refuses what cannot be decoded
         timed = _TimedTranslator(self.translator)
         result = run_pipeline(datasets, timed, self.pipeline_options)
         mr = result.datasets

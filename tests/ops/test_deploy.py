@@ -52,7 +52,10 @@ def test_container_config_is_valid_and_enables_operations() -> None:
 def test_compose_runs_the_node_beside_orthanc() -> None:
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) == {"orthanc", "ct2mri-node"}
+    assert {"orthanc", "ct2mri-node"} <= set(services)
+    # everything else (redis, receiver, worker pool) is opt-in, behind the scale-out profile
+    extra = {name: svc for name, svc in services.items() if name not in ("orthanc", "ct2mri-node")}
+    assert all("scale-out" in svc.get("profiles", []) for svc in extra.values()), sorted(extra)
     build = services["ct2mri-node"]["build"]
     context = (DEPLOY / build["context"]).resolve()
     assert (context / build["dockerfile"]).is_file()

@@ -1,0 +1,119 @@
+"""Helpers for the scale-out tests and benchmark: a real redis-server, receiver and worker
+subprocesses, and the YAML config they share (node and reliability helpers are reused)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from nodekit import free_port
+from relkit import CLI, wait_for, write_config
+
+
+def redis_available() -> bool:
+    """Whether the Debian ``redis-server`` binary is installed (deploy/install.sh installs it)."""
+    return shutil.which("redis-server") is not None
+
+
+class Redis:
+    """``redis-server`` on a free loopback port with its data in ``folder``; restartable."""
+
+    def __init__(self, folder: Path, appendonly: bool = True) -> None:
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.appendonly = appendonly
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> Redis:
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
+                "--dir", str(self.folder), "--protected-mode", "yes"]
+        log = (self.folder / "redis.log").open("ab")
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        wait_for(self.ping, 20)
+        return self
+
+    def ping(self) -> bool:
+        import redis
+
+        try:
+            return bool(redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1).ping())
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            return False
+
+    def queue_length(self, name: str) -> int:
+        import redis
+
+        return int(redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2).llen(name))
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+class Proc:
+    """A ct2mri-node subprocess (``serve --role receiver`` or ``worker``) logging to a file."""
+
+    def __init__(self, args: list[str], log_path: Path, ready_word: str, fault: str | None = None) -> None:
+        env = {"OMP_NUM_THREADS": "1", **os.environ, "TCP_NODELAY": "1"}   # 1 torch thread unless set
+        env.pop("CT2MRI_FAULT", None)
+        if fault:
+            env["CT2MRI_FAULT"] = fault
+        self.log_path = log_path
+        self.log = log_path.open("a")
+        self.ready_word = ready_word
+        self.proc = subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        assert self.proc.stdout is not None
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            line = self.proc.stdout.readline()
+            if self.ready_word in line:
+                return
+            if not line and self.proc.poll() is not None:
+                break
+        raise AssertionError(f"{self.ready_word!r} never printed (exit code {self.proc.poll()}); see {self.log_path}")
+
+    def stop(self) -> int:
+        """SIGTERM (if alive) and wait; the exit code (-9 if it was killed)."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            code = self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.log.close()
+        return code
+
+
+def receiver(config: Path, log_path: Path) -> Proc:
+    return Proc(["serve", "--config", str(config), "--role", "receiver"], log_path, "listening")
+
+
+def worker(config: Path, log_path: Path, fault: str | None = None) -> Proc:
+    return Proc(["worker", "--config", str(config), "--device", "cpu"], log_path, "worker ready", fault)
+
+
+def scale_config(tmp_path: Path, port: int, checkpoint: Path, broker_url: str, **overrides: Any) -> Path:
+    """The YAML every role of one test reads: shared spool, short leases and sweeps."""
+    queue = {"backend": "celery", "broker_url": broker_url, "lease_s": 2.0,
+             "republish_after_s": 3.0, "sweep_interval_s": 0.3}
+    queue.update(overrides.pop("queue", {}))
+    return write_config(tmp_path, port, checkpoint, queue=queue, **overrides)
