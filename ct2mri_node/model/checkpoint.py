@@ -114,7 +114,9 @@ def save_checkpoint(directory: str | os.PathLike[str], card: ModelCard, network:
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
     tmp_w = out / (WEIGHTS + ".tmp")
-    save_file(state, str(tmp_w), metadata={"name": card.name, "architecture": card.architecture})
+    # One metadata key only: safetensors writes a metadata map in hash order, so two keys would
+    # make the file's bytes (and so the weight hash) differ between runs for the same weights.
+    save_file(state, str(tmp_w), metadata={"model": f"{card.name} ({card.architecture})"})
     os.chmod(tmp_w, 0o644)
     os.replace(tmp_w, out / WEIGHTS)
     tmp_c = out / (CARD + ".tmp")

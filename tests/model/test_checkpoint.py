@@ -28,10 +28,10 @@ def test_round_trip_keeps_weights_card_and_hash(tmp_path: Path) -> None:
 
 
 def test_tiny_checkpoint_is_deterministic(tmp_path: Path) -> None:
-    a = load_checkpoint(make_tiny_checkpoint(tmp_path / "a", "enhanced", seed=1))
-    b = load_checkpoint(make_tiny_checkpoint(tmp_path / "b", "enhanced", seed=1))
+    # several saves: the file's bytes must not depend on hash-map order (safetensors metadata)
+    same = {load_checkpoint(make_tiny_checkpoint(tmp_path / f"a{i}", "enhanced", seed=1)).weight_hash for i in range(6)}
     c = load_checkpoint(make_tiny_checkpoint(tmp_path / "c", "enhanced", seed=2))
-    assert a.weight_hash == b.weight_hash != c.weight_hash
+    assert len(same) == 1 and c.weight_hash not in same
 
 
 def test_missing_directory(tmp_path: Path) -> None:
