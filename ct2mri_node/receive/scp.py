@@ -227,13 +227,21 @@ def _reject(event: evt.Event, result_source_reason: tuple[int, int, int]) -> Non
 
 
 def handle_accepted(event: evt.Event) -> None:
-    """Log the SOP classes / transfer syntaxes we refused on an accepted association."""
+    """Log, in one line per association, the SOP classes / transfer syntaxes we refused.
+
+    SCUs such as dcmtk's storescu propose dozens of storage classes on every association; one
+    line per refused context would bury the log, so refused contexts are grouped by SOP class.
+    """
+    refused: dict[str, set[str]] = {}
     for context in event.assoc.rejected_contexts:
+        label = f"{context.abstract_syntax} ({getattr(context.abstract_syntax, 'name', '')})"
+        refused.setdefault(label, set()).update(str(ts) for ts in context.transfer_syntax)
+    if refused:
         log.warning(
-            "refused presentation context from %s: SOP Class %s (%s) with transfer syntaxes %s"
-            " is not supported; this node accepts CT storage only",
-            _peer(event), context.abstract_syntax, getattr(context.abstract_syntax, "name", ""),
-            ", ".join(context.transfer_syntax),
+            "refused presentation context(s) from %s for %d SOP class(es); this node accepts CT storage"
+            " in the transfer syntaxes of its conformance statement only: %s",
+            _peer(event), len(refused),
+            "; ".join(f"{label} [{', '.join(sorted(ts))}]" for label, ts in sorted(refused.items())),
         )
 
 
