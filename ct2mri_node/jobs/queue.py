@@ -100,37 +100,15 @@ class JobDispatch:
         self.lease_s = float(lease_s)
         self.owner = owner or worker_identity("none")
         try:
-            with self._connect() as conn:
+            with self.store.connect() as conn:
                 conn.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise SpoolError(f"cannot prepare the dispatch table in {store.path}: {exc}") from exc
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.store.path, timeout=30, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        try:
-            conn.execute("PRAGMA synchronous=FULL")
-            yield conn
-        finally:
-            conn.close()
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken before reading, so two workers never claim one job."""
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-
     # -- priorities ---------------------------------------------------------------------
     def set_priority(self, series_uid: str, priority: str) -> int | None:
         """Record the priority of the series' open (received or queued) job; its id, None if none."""
-        with self._write() as conn:
+        with self.store.transaction() as conn:
             row = conn.execute(
                 "SELECT id FROM jobs WHERE series_uid=? AND state IN ('received','queued')"
                 " ORDER BY id DESC LIMIT 1",
@@ -150,7 +128,7 @@ class JobDispatch:
         """(job id, priority) of every job the broker should carry now but may not."""
         now = time.time() if now is None else now
         stale = now - republish_after_s
-        with self._connect() as conn:
+        with self.store.connect() as conn:
             rows = conn.execute(
                 "SELECT j.id, COALESCE(d.priority, 'routine') AS priority FROM jobs j"
                 " LEFT JOIN job_dispatch d ON d.job_id = j.id WHERE"
@@ -165,7 +143,7 @@ class JobDispatch:
 
     def mark_published(self, job_id: int, now: float | None = None) -> None:
         """The broker has the job id (as of ``now``)."""
-        with self._write() as conn:
+        with self.store.transaction() as conn:
             conn.execute(
                 "INSERT INTO job_dispatch (job_id, published_at) VALUES (?, ?)"
                 " ON CONFLICT(job_id) DO UPDATE SET published_at=excluded.published_at",
@@ -196,7 +174,7 @@ class JobDispatch:
             query += " AND j.id=?"
             params.append(job_id)
         query += " ORDER BY COALESCE(d.priority, 'routine') = 'routine', j.id LIMIT 1"
-        with self._write() as conn:
+        with self.store.transaction() as conn:
             row = conn.execute(query, params).fetchone()
             if row is None:
                 return None
@@ -217,7 +195,7 @@ class JobDispatch:
 
     def renew(self, job_id: int) -> bool:
         """Extend this worker's lease on ``job_id``; False when another worker took it over."""
-        with self._write() as conn:
+        with self.store.transaction() as conn:
             cur = conn.execute(
                 "UPDATE job_dispatch SET lease_until=? WHERE job_id=? AND owner=?",
                 (time.time() + self.lease_s, job_id, self.owner),
@@ -226,7 +204,7 @@ class JobDispatch:
 
     def release(self, job_id: int) -> None:
         """Give up the lease (the job is done, failed or deferred: its state says which)."""
-        with self._write() as conn:
+        with self.store.transaction() as conn:
             conn.execute(
                 "UPDATE job_dispatch SET owner=NULL, lease_until=NULL WHERE job_id=? AND owner=?",
                 (job_id, self.owner),
@@ -234,7 +212,7 @@ class JobDispatch:
 
     def lease(self, job_id: int) -> tuple[str | None, float | None, str]:
         """(owner, lease_until, priority) of a job (for status and tests)."""
-        with self._connect() as conn:
+        with self.store.connect() as conn:
             row = conn.execute(
                 "SELECT owner, lease_until, priority FROM job_dispatch WHERE job_id=?", (job_id,)
             ).fetchone()

@@ -118,14 +118,15 @@ class JobStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         try:
-            with self._connect() as conn:
+            with self.connect() as conn:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise SpoolError(f"cannot open the job database {self.path}: {exc}") from exc
 
     @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
+    def connect(self) -> Iterator[sqlite3.Connection]:
+        """A connection to the job database (fsync on every commit); closed on exit."""
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         conn.row_factory = sqlite3.Row
         try:
@@ -135,9 +136,9 @@ class JobStore:
             conn.close()
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken before reading so claims are atomic."""
-        with self._connect() as conn:
+        with self.connect() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -150,7 +151,7 @@ class JobStore:
     def series_received(self, series_uid: str, study_uid: str) -> None:
         """Open a ``received`` job for a series unless one is already open."""
         now = time.time()
-        with self._write() as conn:
+        with self.transaction() as conn:
             if self._open_job(conn, series_uid) is None:
                 conn.execute(
                     "INSERT INTO jobs (series_uid, study_uid, state, created_at, updated_at)"
@@ -167,7 +168,7 @@ class JobStore:
     def enqueue(self, series_uid: str, study_uid: str, last_instance_at: float | None = None) -> int:
         """Queue the series' open job, or a new one; returns the job id (one per open series)."""
         now = time.time()
-        with self._write() as conn:
+        with self.transaction() as conn:
             job_id = self._open_job(conn, series_uid)
             if job_id is None:
                 cur = conn.execute(
@@ -186,7 +187,7 @@ class JobStore:
     def claim(self) -> Job | None:
         """Atomically take the oldest due queued job and mark it ``translating``."""
         now = time.time()
-        with self._write() as conn:
+        with self.transaction() as conn:
             row = conn.execute(
                 "SELECT id FROM jobs WHERE state='queued' AND not_before<=? ORDER BY id LIMIT 1",
                 (now,),
@@ -212,7 +213,7 @@ class JobStore:
 
     def record_timing(self, job_id: int, stage: str, seconds: float) -> None:
         """Store one stage's duration in seconds (``status`` and the latency benchmark read them)."""
-        with self._write() as conn:
+        with self.transaction() as conn:
             row = conn.execute("SELECT timings FROM jobs WHERE id=?", (job_id,)).fetchone()
             if row is None:
                 raise JobError(f"no job {job_id}")
@@ -223,7 +224,7 @@ class JobStore:
     def record_delivery(self, job_id: int, destination: str, state: str, reason: str | None = None) -> None:
         """Record one send attempt's outcome (``done``, ``failed`` or ``pending``) for a destination."""
         now = time.time()
-        with self._write() as conn:
+        with self.transaction() as conn:
             conn.execute(
                 "INSERT INTO deliveries (job_id, destination, state, attempts, reason, updated_at)"
                 " VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT(job_id, destination) DO UPDATE SET"
@@ -234,7 +235,7 @@ class JobStore:
 
     def record_provenance(self, job_id: int, data: dict[str, Any]) -> None:
         """Store (or replace) the job's provenance record: what made its MR series (JSON-ready)."""
-        with self._write() as conn:
+        with self.transaction() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO provenance (job_id, recorded_at, data) VALUES (?, ?, ?)",
                 (job_id, time.time(), json.dumps(data, sort_keys=True)),
@@ -242,13 +243,13 @@ class JobStore:
 
     def provenance(self, job_id: int) -> dict[str, Any] | None:
         """The job's provenance record, or None before its series was translated."""
-        with self._connect() as conn:
+        with self.connect() as conn:
             row = conn.execute("SELECT data FROM provenance WHERE job_id=?", (job_id,)).fetchone()
         return None if row is None else dict(json.loads(row["data"]))
 
     def state_counts(self) -> tuple[dict[str, int], int]:
         """Jobs per state, and how many queued jobs are due now (the queue depth metrics)."""
-        with self._connect() as conn:
+        with self.connect() as conn:
             rows = conn.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()
             due = conn.execute(
                 "SELECT COUNT(*) FROM jobs WHERE state='queued' AND not_before<=?", (time.time(),)
@@ -276,7 +277,7 @@ class JobStore:
         if job.state not in ("failed", "done"):
             raise JobError(f"job {job_id} is {job.state}; only failed or done jobs can be retried")
         now = time.time()
-        with self._write() as conn:
+        with self.transaction() as conn:
             conn.execute(
                 "UPDATE jobs SET state='queued', attempts=0, not_before=0, reason=NULL,"
                 " finished_at=NULL, queued_at=?, updated_at=? WHERE id=?",
@@ -290,13 +291,13 @@ class JobStore:
 
     def list(self) -> list[Job]:
         """Every job, oldest first."""
-        with self._connect() as conn:
+        with self.connect() as conn:
             ids = [int(r["id"]) for r in conn.execute("SELECT id FROM jobs ORDER BY id")]
         return [self.get(i) for i in ids]
 
     def get(self, job_id: int) -> Job:
         """One job; JobError when it does not exist."""
-        with self._connect() as conn:
+        with self.connect() as conn:
             row = conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
             if row is None:
                 raise JobError(f"no job {job_id} in {self.path}; `ct2mri-node status` lists the jobs")
@@ -315,7 +316,7 @@ class JobStore:
     def recover(self) -> int:
         """After a restart: jobs caught in translating/sending go back to queued."""
         now = time.time()
-        with self._write() as conn:
+        with self.transaction() as conn:
             cur = conn.execute(
                 "UPDATE jobs SET state='queued', updated_at=? WHERE state IN ('translating','sending')",
                 (now,),
@@ -327,13 +328,13 @@ class JobStore:
     def count(self, *states: str) -> int:
         """How many jobs are in any of ``states`` (the SCP's queue limit reads it)."""
         marks = ",".join("?" * len(states))
-        with self._connect() as conn:
+        with self.connect() as conn:
             row = conn.execute(f"SELECT COUNT(*) FROM jobs WHERE state IN ({marks})", states).fetchone()  # noqa: S608
         return int(row[0])
 
     def series_with_jobs(self) -> set[str]:
         """Series that have a job in any state other than ``received``."""
-        with self._connect() as conn:
+        with self.connect() as conn:
             rows = conn.execute("SELECT DISTINCT series_uid FROM jobs WHERE state!='received'")
             return {r["series_uid"] for r in rows}
 
@@ -346,7 +347,7 @@ class JobStore:
         return None if row is None else int(row["id"])
 
     def _update(self, job_id: int, assignments: str, values: tuple[Any, ...]) -> None:
-        with self._write() as conn:
+        with self.transaction() as conn:
             cur = conn.execute(
                 f"UPDATE jobs SET {assignments}, updated_at=? WHERE id=?",  # noqa: S608 (fixed SQL)
                 (*values, time.time(), job_id),
