@@ -39,10 +39,19 @@ def test_missing_directory(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "nowhere")
 
 
-@pytest.mark.skipif((BUNDLED_DIR / WEIGHTS).exists(), reason="a bundled model is installed")
-def test_missing_bundled_model_says_so() -> None:
+def test_missing_bundled_model_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # an installation without the package data (e.g. a wheel built without it)
+    monkeypatch.setattr("ct2mri_node.model.checkpoint.BUNDLED_DIR", tmp_path / "bundled")
     with pytest.raises(CheckpointError, match="bundled model is not installed"):
         load_checkpoint("bundled")
+
+
+def test_bundled_model_is_the_documented_demo() -> None:
+    bundled = load_checkpoint("bundled")
+    assert bundled.card.architecture == "enhanced" and bundled.card.iterations == 3500
+    assert "not on patients" in bundled.card.description and "phantom" in bundled.card.training_data
+    assert (BUNDLED_DIR / WEIGHTS).stat().st_size <= 20 * 2**20
+    assert {"ssim", "psnr", "mae"} <= set(bundled.card.evaluation)
 
 
 def test_corrupt_weights(tiny_checkpoints: dict[str, Path], tmp_path: Path) -> None:
