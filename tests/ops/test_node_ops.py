@@ -5,48 +5,22 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
 import yaml
-from nodekit import CaptureSCP, make_ct_series
+from nodekit import CaptureSCP, make_ct_series, send, wait_for
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from ct2mri_node.config import load_config
 from ct2mri_node.model.translator import Translator
 from ct2mri_node.node import Node
 from ct2mri_node.ops.preview import preview_path
-
-
-def send(port: int, paths: list[Path]) -> None:
-    ae = AE(ae_title="PACS")
-    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
-    assoc = ae.associate("127.0.0.1", port, ae_title="CT2MRI")
-    assert assoc.is_established
-    try:
-        assert [int(assoc.send_c_store(p).Status) for p in paths] == [0] * len(paths)
-    finally:
-        assoc.release()
-
-
-def wait_for(predicate: Callable[[], Any], timeout_s: float = 90.0) -> Any:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting")
 
 
 def http_get(port: int, path: str) -> tuple[int, bytes]:
@@ -105,7 +79,7 @@ def test_metrics_health_provenance_preview_and_restart(
         send(node.port, gap[:4] + gap[5:])     # one slice missing: rejected
         assert node.store is not None
         jobs = wait_for(lambda: (js := node.store.list()) and len(js) == 2
-                        and all(j.state in ("done", "failed") for j in js) and js)
+                        and all(j.state in ("done", "failed") for j in js) and js, timeout_s=90.0)
         done, failed = sorted(jobs, key=lambda j: j.state != "done")
         assert (done.state, failed.state) == ("done", "failed"), [j.reason for j in jobs]
 
@@ -175,7 +149,7 @@ def test_no_preview_unless_asked(translator: Translator, capture: CaptureSCP, tm
         assert node.health is None
         send(node.port, make_ct_series(tmp_path / "ct", seed=13))
         assert node.store is not None
-        (job,) = wait_for(lambda: [j for j in node.store.list() if j.state in ("done", "failed")])
+        (job,) = wait_for(lambda: [j for j in node.store.list() if j.state in ("done", "failed")], timeout_s=90.0)
         assert job.state == "done", job.reason
         assert not preview_path(node.spool.output_dir(job.id)).exists()
         assert node.store.provenance(job.id) is not None

@@ -13,15 +13,7 @@ for _kit in ("node", "reliability"):   # nodekit, relkit (reused, not copied)
     if str(_TESTS / _kit) not in sys.path:
         sys.path.insert(0, str(_TESTS / _kit))
 
-from nodekit import CaptureSCP  # noqa: E402
 from scalekit import Redis, redis_available  # noqa: E402
-
-from ct2mri_node.model.testing import make_tiny_checkpoint  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny-ckpt"))
 
 
 @pytest.fixture
@@ -32,10 +24,3 @@ def redis_server(tmp_path: Path) -> Iterator[Redis]:
     server = Redis(tmp_path / "redis").start()
     yield server
     server.stop()
-
-
-@pytest.fixture
-def capture() -> Iterator[CaptureSCP]:
-    scp = CaptureSCP().start()
-    yield scp
-    scp.stop()
