@@ -94,33 +94,34 @@ def write_config(tmp_path: Path, port: int, checkpoint: Path, **overrides: Any) 
     return path
 
 
-class Serve:
-    """``ct2mri-node serve`` as a subprocess, optionally armed with a fault point."""
+class Proc:
+    """A ct2mri-node subprocess logging to a file, optionally armed with a fault point."""
 
-    def __init__(self, config: Path, log_path: Path, fault: str | None = None) -> None:
-        env = {**os.environ, "TCP_NODELAY": "1"}
+    def __init__(self, args: list[str], log_path: Path, ready_word: str, fault: str | None = None,
+                 env_defaults: dict[str, str] | None = None) -> None:
+        env = {**(env_defaults or {}), **os.environ, "TCP_NODELAY": "1"}
         env.pop("CT2MRI_FAULT", None)
         if fault:
             env["CT2MRI_FAULT"] = fault
+        self.log_path = log_path
         self.log = log_path.open("a")
-        self.proc = subprocess.Popen(
-            [*CLI, "serve", "--config", str(config)], stdout=subprocess.PIPE, stderr=self.log,
-            text=True, env=env,
-        )
+        self.ready_word = ready_word
+        self.proc = subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
 
-    def wait_listening(self, timeout_s: float = 120.0) -> None:
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        """Read the process's stdout until it prints ``ready_word``; fail if it exits first."""
         assert self.proc.stdout is not None
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
             line = self.proc.stdout.readline()
-            if "listening" in line:
+            if self.ready_word in line:
                 return
             if not line and self.proc.poll() is not None:
                 break
-        raise AssertionError(f"serve did not start (exit code {self.proc.poll()})")
+        raise AssertionError(f"{self.ready_word!r} never printed (exit code {self.proc.poll()}); see {self.log_path}")
 
     def stop(self) -> int:
-        """SIGTERM (if alive) and wait; the exit code (-9 if it killed itself)."""
+        """SIGTERM (if alive) and wait; the exit code (-9 if it was killed)."""
         if self.proc.poll() is None:
             self.proc.terminate()
         try:
@@ -130,6 +131,16 @@ class Serve:
             code = self.proc.wait()
         self.log.close()
         return code
+
+
+class Serve(Proc):
+    """``ct2mri-node serve`` as a subprocess, optionally armed with a fault point."""
+
+    def __init__(self, config: Path, log_path: Path, fault: str | None = None) -> None:
+        super().__init__(["serve", "--config", str(config)], log_path, "listening", fault)
+
+    def wait_listening(self, timeout_s: float = 120.0) -> None:
+        self.wait_ready(timeout_s)
 
 
 def job_states(config: Path) -> list[str]:

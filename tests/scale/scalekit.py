@@ -3,15 +3,13 @@ subprocesses, and the YAML config they share (node and reliability helpers are r
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 from nodekit import free_port
-from relkit import CLI, wait_for, write_config
+from relkit import Proc, wait_for, write_config
 
 
 def redis_available() -> bool:
@@ -66,49 +64,17 @@ class Redis:
         self.start()
 
 
-class Proc:
-    """A ct2mri-node subprocess (``serve --role receiver`` or ``worker``) logging to a file."""
-
-    def __init__(self, args: list[str], log_path: Path, ready_word: str, fault: str | None = None) -> None:
-        env = {"OMP_NUM_THREADS": "1", **os.environ, "TCP_NODELAY": "1"}   # 1 torch thread unless set
-        env.pop("CT2MRI_FAULT", None)
-        if fault:
-            env["CT2MRI_FAULT"] = fault
-        self.log_path = log_path
-        self.log = log_path.open("a")
-        self.ready_word = ready_word
-        self.proc = subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
-
-    def wait_ready(self, timeout_s: float = 120.0) -> None:
-        assert self.proc.stdout is not None
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            line = self.proc.stdout.readline()
-            if self.ready_word in line:
-                return
-            if not line and self.proc.poll() is not None:
-                break
-        raise AssertionError(f"{self.ready_word!r} never printed (exit code {self.proc.poll()}); see {self.log_path}")
-
-    def stop(self) -> int:
-        """SIGTERM (if alive) and wait; the exit code (-9 if it was killed)."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            code = self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
-        self.log.close()
-        return code
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}   # 1 torch thread per role unless the environment says otherwise
 
 
 def receiver(config: Path, log_path: Path) -> Proc:
-    return Proc(["serve", "--config", str(config), "--role", "receiver"], log_path, "listening")
+    return Proc(["serve", "--config", str(config), "--role", "receiver"], log_path, "listening",
+                env_defaults=ONE_THREAD)
 
 
 def worker(config: Path, log_path: Path, fault: str | None = None) -> Proc:
-    return Proc(["worker", "--config", str(config), "--device", "cpu"], log_path, "worker ready", fault)
+    return Proc(["worker", "--config", str(config), "--device", "cpu"], log_path, "worker ready", fault,
+                env_defaults=ONE_THREAD)
 
 
 def scale_config(tmp_path: Path, port: int, checkpoint: Path, broker_url: str, **overrides: Any) -> Path:
