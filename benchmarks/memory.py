@@ -5,6 +5,7 @@ processes, each reporting its peak RSS above its own baseline after imports:
 ``read`` (pydicom reads every file), ``assemble`` (read + ``volume.assemble.assemble``).
 Linux only: the peak is VmHWM from /proc after resetting it to the baseline.
 The difference tells which part costs the memory. Target (issue 5): at most 2.5 x raw int16.
+The series is stored as scanners do (uint16, slope 1, intercept -1024), so it assembles int16.
 
     .venv/bin/python benchmarks/memory.py
     .venv/bin/python benchmarks/memory.py --slices 100
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +43,8 @@ volume = None
 if sys.argv[2] == "assemble":
     volume = assemble(datasets, VolumeLimits())
 print(json.dumps({"base": base, "after_read": after_read, "peak": rss(),
-                  "shape": list(volume.hu.shape) if volume is not None else None}))
+                  "shape": list(volume.hu.shape) if volume is not None else None,
+                  "dtype": str(volume.hu.dtype) if volume is not None else None}))
 """
 
 
@@ -56,7 +59,7 @@ def _series(folder: Path, slices: int, size: int) -> int:
     return int(hu.size * 2)
 
 
-def _measure(folder: Path, mode: str) -> dict[str, int]:
+def _measure(folder: Path, mode: str) -> dict[str, Any]:
     out = subprocess.run([sys.executable, "-c", _CHILD, str(folder), mode], capture_output=True, text=True, check=False)
     if out.returncode != 0:
         sys.exit(f"child ({mode}) failed:\n{out.stderr[-2000:]}")
@@ -77,7 +80,7 @@ def main() -> int:
     mib = 1024 * 1024
     read_peak = read["peak"] - read["base"]
     full_peak = full["peak"] - full["base"]
-    print(f"  raw int16 volume              {raw / mib:8.1f} MiB")
+    print(f"  raw int16 volume              {raw / mib:8.1f} MiB  (assembled as {full['dtype']})")
     print(f"  peak RSS, read_series only    {read_peak / mib:8.1f} MiB  ({read_peak / raw:.2f} x raw)")
     print(f"  peak RSS, read + assemble     {full_peak / mib:8.1f} MiB  ({full_peak / raw:.2f} x raw)")
     print(f"  assemble's own share          {(full_peak - read_peak) / mib:8.1f} MiB  ({(full_peak - read_peak) / raw:.2f} x raw)")

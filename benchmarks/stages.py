@@ -28,7 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -110,7 +110,8 @@ except OSError:
     pass
 volume = assemble(read_series(paths))
 peak = status_kib("VmHWM")
-print(json.dumps({"before_kib": before, "peak_kib": peak, "shape": list(volume.hu.shape)}))
+print(json.dumps({"before_kib": before, "peak_kib": peak, "shape": list(volume.hu.shape),
+                  "dtype": str(volume.hu.dtype)}))
 """
 
 _WRITE_CHILD = """
@@ -122,7 +123,7 @@ _write_ct(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
 """
 
 
-def measure_memory(folder: Path, slices: int, size: int) -> dict[str, float]:
+def measure_memory(folder: Path, slices: int, size: int) -> dict[str, Any]:
     """Peak RSS of read_series + assemble in a fresh interpreter, against raw int16 bytes.
 
     The series is written and assembled in child processes: ``ru_maxrss`` carries over the
@@ -137,7 +138,7 @@ def measure_memory(folder: Path, slices: int, size: int) -> dict[str, float]:
     raw = slices * size * size * 2
     peak, before = child["peak_kib"] * 1024, child["before_kib"] * 1024
     return {"raw_mib": raw / MIB, "peak_mib": peak / MIB, "imports_mib": before / MIB,
-            "ratio": peak / raw, "growth_ratio": (peak - before) / raw}
+            "ratio": peak / raw, "growth_ratio": (peak - before) / raw, "dtype": child["dtype"]}
 
 
 def main() -> int:
@@ -161,7 +162,7 @@ def main() -> int:
     print(f"  {'total':<14} {total:7.3f} s   target < {TOTAL_TARGET_S:.1f} s (without send): "
           f"{total / TOTAL_TARGET_S:.2f} x target")
     print(f"assembly of {args.memory_slices} slices of {args.size}x{args.size} "
-          f"(raw int16 {memory['raw_mib']:.0f} MiB):")
+          f"(raw int16 {memory['raw_mib']:.0f} MiB; assembled as {memory['dtype']}):")
     print(f"  peak RSS {memory['peak_mib']:.0f} MiB = {memory['ratio']:.2f} x raw "
           f"(target <= {MEMORY_TARGET})")
     print(f"  growth above imports ({memory['imports_mib']:.0f} MiB) = "

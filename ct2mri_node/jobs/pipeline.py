@@ -32,7 +32,10 @@ log = logging.getLogger(__name__)
 
 
 class SupportsTranslate(Protocol):
-    """What the pipeline needs of a translator (``ct2mri_node.model.translator.Translator``)."""
+    """What the pipeline needs of a translator (``ct2mri_node.model.translator.Translator``).
+
+    ``ct_hu`` is the assembled ``CTVolume.hu``: int16 or float32 HU, passed without a copy.
+    """
 
     def translate(self, ct_hu: np.ndarray, spacing: tuple[float, float, float],
                   progress: Callable[[int, int], None] | None = None) -> TranslationResult: ...

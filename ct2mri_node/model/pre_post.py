@@ -2,7 +2,8 @@
 
 Pre-processing: CT HU are clipped to ``[hu_min, hu_max]`` (default -1024..2000, air to dense
 bone) and mapped linearly to [-1, 1]; the volume is resampled in index space, axis by axis,
-from the CT spacing to the model spacing (orientation and origin are untouched, only the
+one output slice at a time (an int16 CT is made float32 only slice by slice), from the CT
+spacing to the model spacing (orientation and origin are untouched, only the
 sample count per axis changes; voxel centres are aligned at the half-voxel convention).
 
 Post-processing (after Ma, Chen & Liang 2026: "global normalisation + automatic contrast
@@ -23,6 +24,7 @@ enhancement"):
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,7 +46,8 @@ class IntensityMapping:
     hu_max: float = 2000.0
 
     def normalise(self, hu: np.ndarray) -> np.ndarray:
-        """Clip to [hu_min, hu_max] and map linearly to [-1, 1] (float32)."""
+        """Clip to [hu_min, hu_max] and map linearly to [-1, 1] (float32; any input in float32)."""
+        hu = np.asarray(hu, dtype=np.float32)
         x = (np.clip(hu, self.hu_min, self.hu_max) - self.hu_min) / (self.hu_max - self.hu_min)
         return (x * 2.0 - 1.0).astype(np.float32)
 
@@ -54,28 +57,76 @@ def model_shape(shape: tuple[int, ...], spacing: tuple[float, ...], model_spacin
     return tuple(max(1, int(round(n * s / m))) for n, s, m in zip(shape, spacing, model_spacing))
 
 
+def _axis_weights(n: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Linear interpolation from ``n`` to ``size`` samples: lower and upper source index, weight."""
+    pos = (np.arange(size, dtype=np.float64) + 0.5) * (n / size) - 0.5
+    pos = np.clip(pos, 0.0, n - 1)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, n - 1)
+    return lo, hi, (pos - lo).astype(np.float32)
+
+
 def _resample_axis(arr: np.ndarray, axis: int, size: int) -> np.ndarray:
     """Linear interpolation along one axis to ``size`` samples (half-voxel centre alignment)."""
     n = arr.shape[axis]
     if n == size:
         return arr
-    pos = (np.arange(size, dtype=np.float64) + 0.5) * (n / size) - 0.5
-    pos = np.clip(pos, 0.0, n - 1)
-    lo = np.floor(pos).astype(np.int64)
-    hi = np.minimum(lo + 1, n - 1)
-    w = (pos - lo).astype(np.float32)
+    lo, hi, w = _axis_weights(n, size)
     shape = [1] * arr.ndim
     shape[axis] = size
     w = w.reshape(shape)
     return np.take(arr, lo, axis=axis) * (1 - w) + np.take(arr, hi, axis=axis) * w
 
 
-def resample(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Resample a 3D array to ``shape`` in index space, axis by axis (float32)."""
-    out = arr.astype(np.float32, copy=False)
+def _as_float32(plane: np.ndarray) -> np.ndarray:
+    return np.asarray(plane, dtype=np.float32)
+
+
+class _Planes:
+    """Input slices made float32 by ``prepare`` on demand; the last two are kept (indices rise)."""
+
+    def __init__(self, arr: np.ndarray, prepare: Callable[[np.ndarray], np.ndarray]) -> None:
+        self._arr, self._prepare = arr, prepare
+        self._kept: dict[int, np.ndarray] = {}
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        if index not in self._kept:
+            if len(self._kept) >= 2:
+                del self._kept[min(self._kept)]
+            self._kept[index] = self._prepare(self._arr[index])
+        return self._kept[index]
+
+
+def resample(arr: np.ndarray, shape: tuple[int, ...],
+             prepare: Callable[[np.ndarray], np.ndarray] = _as_float32) -> np.ndarray:
+    """Resample a 3D array to ``shape`` in index space (float32), one output slice at a time.
+
+    ``prepare`` turns one input slice into float32 (default: a plain conversion; the translator
+    passes the HU mapping), so an int16 CT or a bool mask is never copied whole to float32: only
+    the output and two prepared input slices are held. The values are those of resampling the
+    prepared volume along axis 0, then 1, then 2 (the same float32 operations per voxel).
+    """
+    if arr.ndim != 3 or len(shape) != 3:
+        raise InputError(f"resample needs a 3D array and a 3D shape, got {arr.shape} -> {shape}")
+    size = int(shape[0])
+    out = np.empty((size, int(shape[1]), int(shape[2])), dtype=np.float32)
+    planes = _Planes(arr, prepare)
+    if arr.shape[0] == size:
+        for z in range(size):
+            out[z] = _resample_plane(planes[z], out.shape[1:])
+        return out
+    lo, hi, w = _axis_weights(arr.shape[0], size)
+    for z in range(size):
+        mixed = planes[int(lo[z])] * (1 - w[z]) + planes[int(hi[z])] * w[z]
+        out[z] = _resample_plane(mixed, out.shape[1:])
+    return out
+
+
+def _resample_plane(plane: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Resample one float32 slice along its rows, then its columns."""
     for axis, size in enumerate(shape):
-        out = _resample_axis(out, axis, int(size))
-    return np.ascontiguousarray(out, dtype=np.float32)
+        plane = _resample_axis(plane, axis, int(size))
+    return plane
 
 
 def check_ct(ct_hu: np.ndarray, min_size: int = 2) -> None:
@@ -84,7 +135,7 @@ def check_ct(ct_hu: np.ndarray, min_size: int = 2) -> None:
         raise InputError(f"the CT must be a 3D array (slice, row, column); got {ct_hu.ndim} dimensions")
     if min(ct_hu.shape) < min_size:
         raise InputError(f"the CT volume {ct_hu.shape} is too small: every axis needs at least {min_size} voxels")
-    if not np.isfinite(ct_hu).all():
+    if ct_hu.dtype.kind == "f" and not np.isfinite(ct_hu).all():
         raise InputError("the CT volume contains non-finite values (NaN or infinity); check the rescale attributes")
 
 

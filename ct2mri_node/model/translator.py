@@ -113,16 +113,23 @@ class Translator:
 
     def translate(self, ct_hu: np.ndarray, spacing: tuple[float, float, float],
                   progress: Callable[[int, int], None] | None = None) -> TranslationResult:
-        """Translate ``ct_hu`` (float32 slice,row,col in HU, ``spacing`` in mm) to synthetic MR."""
+        """Translate ``ct_hu`` (slice,row,col in HU, ``spacing`` in mm) to synthetic MR.
+
+        ``ct_hu`` is float32 or exact int16 HU (as :class:`~ct2mri_node.volume.assemble.CTVolume`
+        gives); both are used as they are, converted to float32 slice by slice on the way to
+        the model grid, and give the same result. Other dtypes are converted to float32 first.
+        """
         start = time.perf_counter()
-        ct_hu = np.asarray(ct_hu, dtype=np.float32)
+        ct_hu = np.asarray(ct_hu)
+        if ct_hu.dtype not in (np.dtype(np.int16), np.dtype(np.float32)):
+            ct_hu = ct_hu.astype(np.float32)
         pre_post.check_ct(ct_hu)
         if len(spacing) != 3 or min(spacing) <= 0:
             raise InputError(f"spacing must be three positive values in mm, got {spacing}")
         mask = pre_post.body_mask(ct_hu)
         grid = pre_post.model_shape(ct_hu.shape, tuple(spacing), self._ckpt.card.spacing_mm)
-        ct_model = pre_post.resample(self._mapping.normalise(ct_hu), grid)
-        mask_model = pre_post.resample(mask.astype(np.float32), grid) > 0.5
+        ct_model = pre_post.resample(ct_hu, grid, prepare=self._mapping.normalise)
+        mask_model = pre_post.resample(mask, grid) > 0.5
         counter = EvalCounter()
         raw = self._sample(ct_model, counter, progress)
         if not np.isfinite(raw).all():

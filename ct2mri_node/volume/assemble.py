@@ -25,10 +25,13 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 from ..errors import SeriesRejected
 from .frames import (
     CT_SOP_CLASSES,
+    INT16_RANGE,
     Frame,
     PixelCache,
     frames_of,
+    integer_rescale,
     lossy_method,
+    surely_fits_int16,
     transfer_syntax,
 )
 
@@ -69,7 +72,13 @@ class SliceSource:
 
 @dataclass
 class CTVolume:
-    """A CT volume in HU, slices ascending along the normal, with the geometry to put it back."""
+    """A CT volume in HU, slices ascending along the normal, with the geometry to put it back.
+
+    ``hu`` is (slice, row, column) and exact: int16 when every slice has an integer
+    RescaleSlope and RescaleIntercept and all HU fit int16 (the common case, e.g. slope 1,
+    intercept -1024), otherwise float32 (a non-integer rescale, or values beyond int16).
+    Consumers must accept both; ``translator.translate`` does.
+    """
 
     hu: np.ndarray
     spacing: tuple[float, float, float]
@@ -402,8 +411,51 @@ def _check_tilt(frames: Sequence[Frame], normal: np.ndarray, distances: np.ndarr
 
 
 def _pixels(frames: Sequence[Frame]) -> np.ndarray:
-    """Decode every frame straight into one preallocated float32 volume (no stacking)."""
+    """Decode every frame straight into one preallocated volume (no stacking).
+
+    int16 when that is exact (integer slope and intercept, every value within int16): half the
+    memory of float32, which the clinical common case (slope 1, intercept -1024) always meets.
+    Otherwise float32 (see :class:`CTVolume`). Whether int16 can hold every value is decided
+    from BitsStored and PixelRepresentation when they guarantee it (e.g. 12 bits stored), else
+    each slice's values are checked; the first slice that does not fit turns the volume float32.
+    """
     cache = PixelCache()
+    if not all(integer_rescale(f) for f in frames):
+        return _float_pixels(frames, cache)
+    checked = not all(surely_fits_int16(f) for f in frames)
+    first = frames[0]
+    hu = np.empty((len(frames), first.rows, first.columns), dtype=np.int16)
+    low, high = INT16_RANGE
+    for k, frame in enumerate(frames):
+        if not checked:
+            cache.hu_int16_into(frame, hu[k])
+            continue
+        values = cache.hu_exact(frame)
+        if not low <= int(values.min()) <= int(values.max()) <= high:
+            log.info("the HU of slice %d of %d exceed int16; assembling a float32 volume",
+                     k + 1, len(frames))
+            return _widened(hu, k, frames, cache)
+        hu[k] = values
+    return hu
+
+
+def _widened(hu16: np.ndarray, done: int, frames: Sequence[Frame],
+             cache: PixelCache) -> np.ndarray:
+    """float32 copy of the first ``done`` int16 slices, the rest decoded exactly into it.
+
+    Integer HU convert to float32 exactly up to 2**24 in magnitude (correctly rounded beyond),
+    so every slice holds its exact HU, as the float32 rescale of the stored values gives too.
+    For a moment the int16 and float32 volumes coexist (3 x raw); only values beyond int16 pay it.
+    """
+    hu = np.empty(hu16.shape, dtype=np.float32)
+    hu[:done] = hu16[:done]
+    for k in range(done, len(frames)):
+        hu[k] = cache.hu_exact(frames[k])
+    return hu
+
+
+def _float_pixels(frames: Sequence[Frame], cache: PixelCache) -> np.ndarray:
+    """Decode every frame into a float32 volume (non-integer rescale), checking finiteness."""
     first = frames[0]
     hu = np.empty((len(frames), first.rows, first.columns), dtype=np.float32)
     for k, frame in enumerate(frames):

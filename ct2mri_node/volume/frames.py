@@ -207,6 +207,64 @@ def lossy_method(ds: Dataset) -> str | None:
     return None
 
 
+#: The range of an int16 HU volume.
+INT16_RANGE = (-32768, 32767)
+#: Largest integer slope and intercept taken on the exact integer path (int64 never overflows).
+_MAX_INT_SLOPE = 2**16
+_MAX_INT_INTERCEPT = 2**31
+
+
+def integer_rescale(frame: Frame) -> bool:
+    """True when the frame's slope and intercept are integers, so its HU are exact integers."""
+    slope, intercept = frame.slope, frame.intercept
+    return (float(slope).is_integer() and float(intercept).is_integer()
+            and abs(slope) <= _MAX_INT_SLOPE and abs(intercept) <= _MAX_INT_INTERCEPT)
+
+
+def stored_range(frame: Frame) -> tuple[int, int] | None:
+    """Smallest and largest stored value BitsStored and PixelRepresentation allow, or None.
+
+    pydicom masks the bits above BitsStored and sign-extends signed values when it decodes,
+    so every decoded value lies in this range.
+    """
+    bits = frame.ds.get("BitsStored") or frame.ds.get("BitsAllocated")
+    try:
+        bits = int(bits) if bits is not None else 0
+    except (TypeError, ValueError):
+        return None
+    if not 1 <= bits <= 32:
+        return None
+    if int(frame.ds.get("PixelRepresentation", 0) or 0) == 1:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def surely_fits_int16(frame: Frame) -> bool:
+    """True when every value the frame may store rescales into int16 (no per-slice check)."""
+    stored = stored_range(frame)
+    if stored is None or not integer_rescale(frame):
+        return False
+    ends = [int(frame.slope) * v + int(frame.intercept) for v in stored]
+    return INT16_RANGE[0] <= min(ends) and max(ends) <= INT16_RANGE[1]
+
+
+def _work_dtype(stored: np.ndarray, frame: Frame) -> np.dtype:
+    """int32 when stored * slope + intercept cannot overflow it (any value of the dtype), else int64."""
+    info = np.iinfo(stored.dtype)
+    largest = max(abs(info.min), info.max) * abs(frame.slope) + abs(frame.intercept)
+    return np.dtype(np.int32) if largest < 2**31 else np.dtype(np.int64)
+
+
+def _exact_hu(stored: np.ndarray, frame: Frame) -> np.ndarray:
+    """stored * slope + intercept in integers (integer rescale only), without overflow."""
+    values = stored.astype(_work_dtype(stored, frame))
+    if frame.slope != 1.0:
+        values *= int(frame.slope)
+    if frame.intercept != 0.0:
+        values += int(frame.intercept)
+    return values
+
+
 class PixelCache:
     """Decodes pixels for assembly without keeping them on the datasets.
 
@@ -221,15 +279,49 @@ class PixelCache:
 
     def hu_into(self, frame: Frame, out: np.ndarray) -> None:
         """Write the frame's pixels in HU (float32, rows x columns) into ``out``."""
+        stored = self.stored(frame)
+        # the same float32 operations as stored.astype(float32) * slope + intercept
+        np.multiply(stored, np.float32(frame.slope), out=out, dtype=np.float32)
+        out += np.float32(frame.intercept)
+
+    def hu_exact(self, frame: Frame) -> np.ndarray:
+        """The frame's HU as exact integers (rows x columns); only for :func:`integer_rescale`.
+
+        int32 when no value can overflow it, else int64; one slice, so small. The caller
+        checks the range and casts it into the volume.
+        """
+        return _exact_hu(self._integer_stored(frame), frame)
+
+    def hu_int16_into(self, frame: Frame, out: np.ndarray) -> None:
+        """Write the frame's HU into int16 ``out``; only where :func:`surely_fits_int16` holds.
+
+        Computed in int32/int64 and cast on the way out, without a per-slice range check.
+        """
+        stored = self._integer_stored(frame)
+        if frame.slope != 1.0:
+            out[...] = _exact_hu(stored, frame)
+            return
+        work = _work_dtype(stored, frame)
+        np.add(stored, work.type(int(frame.intercept)), out=out, dtype=work, casting="unsafe")
+
+    def _integer_stored(self, frame: Frame) -> np.ndarray:
+        stored = self.stored(frame)
+        if stored.dtype.kind not in "iu":
+            raise SeriesRejected(
+                f"instance {frame.ds.get('SOPInstanceUID', '?')} decodes to {stored.dtype} "
+                "pixels; CT pixel data must be integers", "invalid_pixels",
+            )
+        return stored
+
+    def stored(self, frame: Frame) -> np.ndarray:
+        """The frame's stored values (rows x columns), checked against its declared size."""
         stored = self._stored(frame)
         if stored.shape != (frame.rows, frame.columns):
             raise SeriesRejected(
                 f"instance {frame.ds.get('SOPInstanceUID', '?')} decodes to {stored.shape} pixels "
                 f"but declares {frame.rows}x{frame.columns}", "invalid_pixels",
             )
-        # the same float32 operations as stored.astype(float32) * slope + intercept
-        np.multiply(stored, np.float32(frame.slope), out=out, dtype=np.float32)
-        out += np.float32(frame.intercept)
+        return stored
 
     def _stored(self, frame: Frame) -> np.ndarray:
         if frame.frame_number is None:

@@ -14,6 +14,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian, 
 from ct2mri_node.errors import SeriesRejected
 from ct2mri_node.training.ct_dicom import ct_series_datasets, write_ct_series
 from ct2mri_node.volume.assemble import VolumeLimits, assemble, read_series
+from ct2mri_node.volume.frames import frames_of, surely_fits_int16
 
 SPACING = (2.5, 0.7, 0.9)
 
@@ -29,7 +30,7 @@ def test_shuffled_files_with_any_names(tmp_path: Path, hu: np.ndarray) -> None:
     (tmp_path / "README.txt").write_text("not DICOM")
     files = sorted(tmp_path.iterdir(), reverse=True)
     volume = assemble(_shuffled(read_series(files)))
-    assert volume.hu.dtype == np.float32
+    assert volume.hu.dtype == np.int16  # slope 1, intercept -1024: exact in int16
     assert np.array_equal(volume.hu, np.rint(hu))
     assert volume.spacing == pytest.approx(SPACING)
     assert [s.position[2] for s in volume.slices] == pytest.approx([2.5 * k for k in range(10)])
@@ -171,3 +172,55 @@ def test_read_series_skips_non_dicom(tmp_path: Path, hu: np.ndarray) -> None:
     datasets = read_series([*paths, junk, tmp_path / "missing.dcm"])
     assert len(datasets) == 3
     assert all(isinstance(ds, pydicom.Dataset) for ds in datasets)
+
+
+# -- the volume's dtype: int16 where exact, float32 where needed ---------------------------------
+
+
+def test_slope_one_intercept_1024_assembles_exact_int16(hu: np.ndarray) -> None:
+    datasets = ct_series_datasets(hu, SPACING)  # uint16 stored, BitsStored 16: checked per slice
+    assert datasets[0].RescaleIntercept == -1024 and datasets[0].RescaleSlope == 1
+    assert not surely_fits_int16(frames_of(datasets[0])[0])
+    checked = assemble(_shuffled(datasets)).hu
+    for ds in datasets:  # 12 bits stored: 0..4095 - 1024 always fits, no per-slice check
+        ds.BitsStored, ds.HighBit = 12, 11
+    assert surely_fits_int16(frames_of(datasets[0])[0])
+    worst_case = assemble(_shuffled(datasets)).hu
+    for volume in (checked, worst_case):
+        assert volume.dtype == np.int16
+        assert np.array_equal(volume, np.rint(hu))
+
+
+def test_non_integer_slope_assembles_float32(hu: np.ndarray) -> None:
+    datasets = ct_series_datasets(hu, SPACING, signed=True, rescale_slope=0.5,
+                                  rescale_intercept=-1024.0)
+    volume = assemble(datasets)
+    assert volume.hu.dtype == np.float32
+    expected = np.rint((hu + 1024) / 0.5).astype(np.float32) * np.float32(0.5) - np.float32(1024)
+    assert np.array_equal(volume.hu, expected)
+
+
+def test_values_beyond_int16_fall_back_to_exact_float32(hu: np.ndarray) -> None:
+    values = np.rint(hu).astype(np.float64)
+    values[6, 2, 3] = 32767.0 + 1024.0 - 5.0  # stored 32762 (int16) + intercept 1024
+    values[7, 0, 0] = -32768.0 + 1024.0       # stored -32768: the lowest signed value
+    datasets = ct_series_datasets(values, SPACING, signed=True, rescale_intercept=1024.0)
+    volume = assemble(_shuffled(datasets))
+    assert volume.hu.dtype == np.float32   # slices 0..5 fitted int16 before slice 6 did not
+    assert np.array_equal(volume.hu, values)
+    assert volume.hu[6, 2, 3] == 33786.0
+
+
+def test_integer_slope_beyond_int16_from_the_worst_case_is_checked(hu: np.ndarray) -> None:
+    datasets = ct_series_datasets(hu, SPACING, signed=True, rescale_slope=2.0,
+                                  rescale_intercept=-1024.0)
+    expected = np.rint((hu + 1024) / 2) * 2 - 1024
+    volume = assemble(datasets)  # 16-bit signed x 2 may overflow; the actual values fit
+    assert volume.hu.dtype == np.int16
+    assert np.array_equal(volume.hu, expected)
+    for ds in datasets:  # 12 bits signed: -2048..2047 x 2 - 1024 always fits
+        ds.BitsStored, ds.HighBit = 12, 11
+    assert surely_fits_int16(frames_of(datasets[0])[0])
+    volume = assemble(datasets)
+    assert volume.hu.dtype == np.int16
+    assert np.array_equal(volume.hu, expected)
