@@ -8,9 +8,9 @@ escape. The C-STORE handler only parses UIDs and writes bytes; decoding happens 
 from __future__ import annotations
 
 import logging
-import shutil
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from io import BytesIO
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
@@ -30,6 +30,7 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, evt
+from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     EnhancedCTImageStorage,
@@ -110,7 +111,7 @@ class Admission:
             log.warning("answered 0xA700 to %s: instance of %.1f MB exceeds limits.max_instance_mb=%g",
                         _peer(event), size / _MB, self.limits.max_instance_mb)
             return _status(OUT_OF_RESOURCES, "instance larger than the node accepts")
-        free = _free_bytes(spool)
+        free = spool.free_bytes()
         if free < self.limits.min_free_disk_mb * _MB:
             log.error("answered 0xA700 to %s: %.0f MB free in the spool, below limits.min_free_disk_mb=%g;"
                       " free disk space", _peer(event), free / _MB, self.limits.min_free_disk_mb)
@@ -142,11 +143,20 @@ def _dataset_size(event: evt.Event) -> int:
     return end
 
 
-def _free_bytes(spool: Spool) -> int:
-    try:
-        return int(shutil.disk_usage(spool.root).free)
-    except OSError:
-        return 0
+@contextmanager
+def _encoded_parts(event: evt.Event) -> Iterator[list[bytes | memoryview]]:
+    """The instance as a DICOM file, as buffers: preamble + file meta, then the data set as sent.
+
+    The data set is a view of pynetdicom's receive buffer, so the ~0.5 MB of a CT slice is not
+    copied twice (``encoded_dataset()`` copies it out and then joins it with the meta).
+    """
+    data = event.request.DataSet
+    if not isinstance(data, BytesIO):   # received in chunks to a file: pynetdicom reads it
+        yield [event.encoded_dataset()]
+        return
+    meta = b"".join((b"\x00" * 128, b"DICM", encode_file_meta(event.file_meta)))
+    with data.getbuffer() as view:
+        yield [meta, view]
 
 
 def handle_echo(event: evt.Event) -> int:
@@ -177,7 +187,8 @@ def handle_store(
         )
         return CANNOT_UNDERSTAND
     try:
-        outcome = spool.store(event.encoded_dataset(), header)
+        with _encoded_parts(event) as parts:
+            outcome = spool.store(parts, header)
     except SpoolError as exc:
         log.error("answered 0xA700 (out of resources): %s", exc)
         return OUT_OF_RESOURCES

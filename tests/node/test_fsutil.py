@@ -35,3 +35,13 @@ def test_write_temporary_is_hidden_and_complete(tmp_path: Path) -> None:
     assert tmp.name.startswith(".tmp-") and tmp.suffix == ".dcm" and tmp.read_bytes() == b"data"
     with pytest.raises(FileNotFoundError):
         write_temporary(b"data", tmp_path / "missing")
+
+
+def test_atomic_write_of_several_buffers_is_private_and_in_order(tmp_path: Path) -> None:
+    target = tmp_path / "b.dcm"
+    payload = bytearray(b"pixels" * 100_000)
+    with memoryview(payload) as view:
+        atomic_write(target, [b"meta:", view])
+    assert target.read_bytes() == b"meta:" + bytes(payload)
+    assert target.stat().st_mode & 0o777 == 0o600      # spooled CT is PHI: owner only
+    assert [p.name for p in tmp_path.iterdir()] == ["b.dcm"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,43 @@ def test_store_failure_raises_spool_error_and_keeps_accepted(tmp_path: Path) -> 
     with pytest.raises(SpoolError, match="cannot write to the spool"):
         spool.store(b"x", InstanceHeader(HEADER.sop_class_uid, "1.2.9.1", "1.2.9", "1.2.3"))
     assert spool.instance_paths("1.2.3.4")[0].read_bytes() == b"kept"
+
+
+def test_counts_survive_a_restart_and_a_removed_folder(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.create()
+    for n in range(3):
+        spool.store([b"meta", memoryview(b"x" * n)], InstanceHeader(HEADER.sop_class_uid, f"1.2.3.4.{n}", "1.2.3.4", "1.2.3"))
+    assert spool.instance_count("1.2.3.4") == 3 and spool.has_instance(replace(HEADER, sop_instance_uid="1.2.3.4.2"))
+    assert spool.instance_count("9.9") == 0 and not spool.has_instance(replace(HEADER, sop_instance_uid="1.2.3.4.7"))
+    again = Spool(tmp_path / "spool")                 # a restart reads the counts from the folder
+    assert again.instance_count("1.2.3.4") == 3
+    assert again.store(b"metax", InstanceHeader(HEADER.sop_class_uid, "1.2.3.4.1", "1.2.3.4", "1.2.3")) \
+        is StoreOutcome.DUPLICATE
+    for path in again.instance_paths("1.2.3.4"):      # a folder removed behind the spool's back
+        path.unlink()
+    (again.incoming / "1.2.3.4").rmdir()
+    assert again.store(b"new", HEADER) is StoreOutcome.STORED
+    assert [p.read_bytes() for p in again.instance_paths("1.2.3.4")] == [b"new"]
+    again.forget("1.2.3.4")
+    assert again.instance_count("1.2.3.4") == 1
+
+
+def test_free_space_is_reread_after_enough_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ct2mri_node.receive import spool as spool_module
+
+    spool = Spool(tmp_path / "spool")
+    spool.create()
+    first = spool.free_bytes()
+    assert first > 0
+    monkeypatch.setattr(spool_module, "FREE_SPACE_MAX_WRITTEN", 10)
+    spool.store(b"0123456789abc", HEADER)             # more than the threshold: read again
+    assert abs(spool.free_bytes() - first) < 64 * 1024 * 1024
+    monkeypatch.setattr(spool_module, "FREE_SPACE_MAX_WRITTEN", 1 << 40)
+    monkeypatch.setattr(spool_module, "FREE_SPACE_MAX_AGE_S", 3600.0)
+    cached = spool.free_bytes()
+    spool.store(b"x" * 4096, InstanceHeader(HEADER.sop_class_uid, "1.2.3.4.6", "1.2.3.4", "1.2.3"))
+    assert spool.free_bytes() == cached - 4096         # what was stored since is subtracted
 
 
 def test_read_header_of_a_real_file(tmp_path: Path) -> None:
