@@ -221,33 +221,6 @@ def integer_rescale(frame: Frame) -> bool:
             and abs(slope) <= _MAX_INT_SLOPE and abs(intercept) <= _MAX_INT_INTERCEPT)
 
 
-def stored_range(frame: Frame) -> tuple[int, int] | None:
-    """Smallest and largest stored value BitsStored and PixelRepresentation allow, or None.
-
-    pydicom masks the bits above BitsStored and sign-extends signed values when it decodes,
-    so every decoded value lies in this range.
-    """
-    bits = frame.ds.get("BitsStored") or frame.ds.get("BitsAllocated")
-    try:
-        bits = int(bits) if bits is not None else 0
-    except (TypeError, ValueError):
-        return None
-    if not 1 <= bits <= 32:
-        return None
-    if int(frame.ds.get("PixelRepresentation", 0) or 0) == 1:
-        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    return 0, 2**bits - 1
-
-
-def surely_fits_int16(frame: Frame) -> bool:
-    """True when every value the frame may store rescales into int16 (no per-slice check)."""
-    stored = stored_range(frame)
-    if stored is None or not integer_rescale(frame):
-        return False
-    ends = [int(frame.slope) * v + int(frame.intercept) for v in stored]
-    return INT16_RANGE[0] <= min(ends) and max(ends) <= INT16_RANGE[1]
-
-
 def _work_dtype(stored: np.ndarray, frame: Frame) -> np.dtype:
     """int32 when stored * slope + intercept cannot overflow it (any value of the dtype), else int64."""
     info = np.iinfo(stored.dtype)
@@ -291,18 +264,6 @@ class PixelCache:
         checks the range and casts it into the volume.
         """
         return _exact_hu(self._integer_stored(frame), frame)
-
-    def hu_int16_into(self, frame: Frame, out: np.ndarray) -> None:
-        """Write the frame's HU into int16 ``out``; only where :func:`surely_fits_int16` holds.
-
-        Computed in int32/int64 and cast on the way out, without a per-slice range check.
-        """
-        stored = self._integer_stored(frame)
-        if frame.slope != 1.0:
-            out[...] = _exact_hu(stored, frame)
-            return
-        work = _work_dtype(stored, frame)
-        np.add(stored, work.type(int(frame.intercept)), out=out, dtype=work, casting="unsafe")
 
     def _integer_stored(self, frame: Frame) -> np.ndarray:
         stored = self.stored(frame)
