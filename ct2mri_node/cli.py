@@ -29,6 +29,7 @@ COMMANDS: tuple[str, ...] = (
     "echo",
     "status",
     "retry",
+    "purge",
 )
 
 

@@ -206,6 +206,14 @@ class OpsSettings(_Frozen):
     echo_timeout_s: Seconds = 5.0        # C-ECHO timeout of /readyz per DICOM destination
 
 
+class RetentionSettings(_Frozen):
+    """When the spool forgets finished work: the CT input and MR output of old jobs (records stay)."""
+
+    delivered_hours: Annotated[float, Field(gt=0)] | None = 168.0   # done jobs finished this long ago; None: keep forever
+    failed_hours: Annotated[float, Field(gt=0)] | None = None       # failed jobs; None: keep until an admin acts
+    sweep_interval_s: Seconds = 600.0                                # how often a receiving node looks
+
+
 class NodeConfig(_Frozen):
     """The whole configuration file."""
 
@@ -219,6 +227,7 @@ class NodeConfig(_Frozen):
     ops: OpsSettings = OpsSettings()
     limits: LimitSettings = LimitSettings()
     queue: QueueSettings = QueueSettings()
+    retention: RetentionSettings = RetentionSettings()
 
     @model_validator(mode="after")
     def _unique_destination_names(self) -> NodeConfig:

@@ -9,6 +9,9 @@ Roles: ``all`` (the default) receives and translates in this process; with
 receives and publishes, leaving translation to ``ct2mri-node worker`` processes that share the
 spool. With the celery backend no process requeues in-flight jobs at start (other workers may be
 running them); a lapsed lease hands a dead worker's job to another (see ``jobs/queue.py``).
+
+Both roles hold the spool's receiver lock while running (one receiving process per spool) and
+run the retention sweep (``ops/retention.py``) every ``retention.sweep_interval_s``.
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ from .jobs.worker import Worker
 from .ops.health import HealthServer
 from .ops.metrics import MeteredJobStore, MeteredSpool, NodeMetrics
 from .ops.observer import OpsObserver
+from .ops.retention import RetentionSweeper
+from .ops.retention import enabled as retention_enabled
 from .receive.completion import CompletionWatcher
 from .receive.scp import Admission, StoreSCP
-from .receive.spool import Spool, read_header
+from .receive.spool import ReceiverLock, Spool, read_header
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +84,8 @@ class Node:
         self.worker: Worker | None = None
         self.dispatch: JobDispatch | None = None
         self.publisher: Publisher | None = None
+        self.retention: RetentionSweeper | None = None
+        self._receiver_lock: ReceiverLock | None = None
         self._calling: dict[str, str] = {}
 
     @property
@@ -122,6 +129,8 @@ class Node:
     def start(self) -> None:
         """Open the spool and store, load the model, start watching, working and listening."""
         self.spool.create()
+        self._receiver_lock = self.spool.lock_receiver()
+        self.spool.remove_leftovers()
         self.store = MeteredJobStore(self.spool.db_path, self.metrics)
         if self.distributed:
             self._start_publisher(self.store)
@@ -138,6 +147,9 @@ class Node:
         self.watcher.start()
         if self.role == "all":
             self._start_worker(self.store)
+        if retention_enabled(self.config.retention):
+            self.retention = RetentionSweeper(self.store, self.spool, self.config.retention, self.watcher.pending)
+            self.retention.start()
         admission = Admission(self.config.limits, lambda: self._store().count("queued"))
         self.scp = StoreSCP(self.config.node, self.config.calling_aes, self.spool, self.watcher, admission)
         self.scp.start()
@@ -182,6 +194,11 @@ class Node:
             self.publisher.stop()
         if self.health is not None:
             self.health.stop()
+        if self.retention is not None:
+            self.retention.stop()
+        if self._receiver_lock is not None:
+            self._receiver_lock.release()
+            self._receiver_lock = None
         log.info("node stopped")
 
     def wait(self) -> None:

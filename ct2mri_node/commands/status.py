@@ -51,6 +51,9 @@ def _line(job: Job, provenance: dict[str, object] | None = None) -> str:
         text += f"\n       -> {d.destination}: {d.state}" + (f" ({d.reason})" if d.reason else "")
     if job.reason:
         text += f"\n       reason: {job.reason}"
+    if job.purged_at is not None:
+        purged = datetime.fromtimestamp(job.purged_at).strftime("%Y-%m-%d %H:%M:%S")
+        text += f"\n       files removed by retention at {purged} (the record and provenance stay)"
     if provenance:
         model, sampling, output = (dict(provenance[k]) for k in ("model", "sampling", "output"))  # type: ignore[call-overload]
         text += (f"\n       model {model['name']} {model['version']} (sha256 {str(model['weight_hash'])[:12]}),"

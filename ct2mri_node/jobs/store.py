@@ -13,9 +13,10 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 STATES = ("received", "queued", "translating", "sending", "done", "failed")
 #: States in which the series may still gain instances and the job has not started.
 OPEN_STATES = ("received", "queued")
+#: States of a job that still needs its series' spooled CT (retention never removes it then).
+ACTIVE_STATES = ("received", "queued", "translating", "sending")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -94,10 +97,21 @@ class Job:
     reason: str | None
     timings: dict[str, float] = field(default_factory=dict)
     deliveries: tuple[Delivery, ...] = ()
+    purged_at: float | None = None   # when retention removed its CT input and MR output
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (for ``status --json``)."""
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class PurgeCandidate:
+    """An unpurged job of a series that has a finished job: what retention decides from."""
+
+    id: int
+    series_uid: str
+    state: str
+    finished_at: float | None
 
 
 class JobQueue(Protocol):
@@ -121,8 +135,17 @@ class JobStore:
             with self.connect() as conn:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.executescript(_SCHEMA)
+            self._migrate()
         except sqlite3.Error as exc:
             raise SpoolError(f"cannot open the job database {self.path}: {exc}") from exc
+
+    def _migrate(self) -> None:
+        """Add the columns newer versions need to a database made by an older one."""
+        with self.transaction() as conn:
+            columns = {r["name"] for r in conn.execute("PRAGMA table_info(jobs)")}
+            if "purged_at" not in columns:
+                conn.execute("ALTER TABLE jobs ADD COLUMN purged_at REAL")
+                log.info("job database %s: added column purged_at", self.path)
 
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
@@ -274,6 +297,10 @@ class JobStore:
     def retry(self, job_id: int) -> Job:
         """Queue a failed (or done) job again now; failed deliveries become pending."""
         job = self.get(job_id)
+        if job.purged_at is not None:
+            when = datetime.fromtimestamp(job.purged_at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+            raise JobError(f"job {job_id} cannot be retried: its input was removed by retention at {when}; "
+                           f"send series {job.series_uid} again and it becomes a new job")
         if job.state not in ("failed", "done"):
             raise JobError(f"job {job_id} is {job.state}; only failed or done jobs can be retried")
         now = time.time()
@@ -333,10 +360,60 @@ class JobStore:
         return int(row[0])
 
     def series_with_jobs(self) -> set[str]:
-        """Series that have a job in any state other than ``received``."""
+        """Series that have a job in any state other than ``received`` (purged jobs left out: a
+        series sent again after retention removed it is new)."""
         with self.connect() as conn:
-            rows = conn.execute("SELECT DISTINCT series_uid FROM jobs WHERE state!='received'")
+            rows = conn.execute(
+                "SELECT DISTINCT series_uid FROM jobs WHERE state!='received' AND purged_at IS NULL")
             return {r["series_uid"] for r in rows}
+
+    # -- retention -----------------------------------------------------------------------
+    def purge_candidates(self) -> list[PurgeCandidate]:
+        """Every unpurged job of each series that has an unpurged finished job (``ops.retention``
+        decides which series are due; the other jobs of a series are there to veto it)."""
+        with self.connect() as conn:
+            rows = conn.execute(
+                "SELECT id, series_uid, state, finished_at FROM jobs WHERE purged_at IS NULL AND series_uid IN"
+                " (SELECT series_uid FROM jobs WHERE purged_at IS NULL AND state IN ('done','failed'))"
+                " ORDER BY id"
+            ).fetchall()
+        return [PurgeCandidate(**dict(r)) for r in rows]
+
+    def mark_purged(self, finished: Mapping[int, float | None], purged_at: float | None = None) -> bool:
+        """Mark jobs purged, atomically, only if each is still finished, unpurged, finished at the time
+        given (job id -> finished_at as planned) and no job of their series is active; else False."""
+        now = time.time() if purged_at is None else purged_at
+        with self.transaction() as conn:
+            for job_id, finished_at in finished.items():
+                row = conn.execute(
+                    "SELECT series_uid, state, finished_at, purged_at FROM jobs WHERE id=?", (job_id,)
+                ).fetchone()
+                if row is None or row["purged_at"] is not None or row["state"] not in ("done", "failed"):
+                    return False
+                if row["finished_at"] != finished_at or self._has_active_job(conn, row["series_uid"]):
+                    return False
+            marks = ",".join("?" * len(finished))
+            conn.execute(f"UPDATE jobs SET purged_at=? WHERE id IN ({marks})", (now, *finished))  # noqa: S608
+        return True
+
+    def purged_ids(self, job_ids: list[int]) -> set[int]:
+        """Which of ``job_ids`` are purged (their leftover output folders may go)."""
+        if not job_ids:
+            return set()
+        marks = ",".join("?" * len(job_ids))
+        with self.connect() as conn:
+            rows = conn.execute(
+                f"SELECT id FROM jobs WHERE purged_at IS NOT NULL AND id IN ({marks})", job_ids)  # noqa: S608
+            return {int(r["id"]) for r in rows}
+
+    @staticmethod
+    def _has_active_job(conn: sqlite3.Connection, series_uid: str) -> bool:
+        marks = ",".join("?" * len(ACTIVE_STATES))
+        row = conn.execute(
+            f"SELECT 1 FROM jobs WHERE series_uid=? AND state IN ({marks}) LIMIT 1",  # noqa: S608
+            (series_uid, *ACTIVE_STATES),
+        ).fetchone()
+        return row is not None
 
     def _open_job(self, conn: sqlite3.Connection, series_uid: str) -> int | None:
         row = conn.execute(

@@ -55,6 +55,14 @@ class NodeMetrics:
             "From the last CT instance of a series to its MR series confirmed at a destination",
             ["destination"], buckets=_SECONDS_BUCKETS, registry=r)
 
+        self.spool_purged = Counter(
+            "ct2mri_spool_purged", "Spool folders removed by retention: kind=input (a series' CT) or output (a job's MR)",
+            ["kind"], registry=r)
+
+    def watch_spool(self, spool: Spool) -> None:
+        """Export the spool's free bytes, read at each scrape."""
+        self.registry.register(SpoolFreeCollector(spool))
+
     def watch_store(self, store: JobStore) -> None:
         """Export jobs by state and the queue depth, read from ``store`` at each scrape."""
         self.registry.register(JobStateCollector(store))
@@ -88,12 +96,28 @@ class JobStateCollector(Collector):
         yield depth
 
 
+class SpoolFreeCollector(Collector):
+    """Free bytes on the spool's file system (``Spool.free_bytes``) at scrape time."""
+
+    def __init__(self, spool: Spool) -> None:
+        self._spool = spool
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        free = GaugeMetricFamily("ct2mri_spool_free_bytes", "Free bytes on the spool's file system")
+        free.add_metric([], self._spool.free_bytes())
+        yield free
+
+
 class MeteredSpool(Spool):
     """The spool, counting every C-STORE it is asked to keep by outcome."""
 
     def __init__(self, root: Any, metrics: NodeMetrics) -> None:
         super().__init__(root)
         self.metrics = metrics
+        metrics.watch_spool(self)
 
     def store(self, data: bytes, header: InstanceHeader, *args: Any, **kwargs: Any) -> StoreOutcome:
         try:
@@ -103,6 +127,9 @@ class MeteredSpool(Spool):
             raise
         self.metrics.instances_received.labels(outcome.value).inc()
         return outcome
+
+    def removed(self, kind: str) -> None:
+        self.metrics.spool_purged.labels(kind).inc()
 
 
 class MeteredJobStore(JobStore):
