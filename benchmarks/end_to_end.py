@@ -16,65 +16,22 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from latency import _ct, _FirstStore, _send  # noqa: E402  (same CT, capture SCP and sender)
-
-from ct2mri_node.config import parse_config  # noqa: E402
-from ct2mri_node.jobs.store import Job  # noqa: E402
-from ct2mri_node.model.testing import make_tiny_checkpoint  # noqa: E402
-from ct2mri_node.model.translator import TranslationSettings, Translator  # noqa: E402
-from ct2mri_node.node import Node  # noqa: E402
+from latency import add_series_arguments, run_series  # noqa: E402  (same node, CT, capture SCP and sender)
 
 STAGES = ("assembly", "translation", "encoding", "write", "send:archive")
 
 
-def _run(root: Path, args: argparse.Namespace) -> tuple[Job, float, float]:
-    ckpt = str(make_tiny_checkpoint(root / "ckpt")) if args.checkpoint == "tiny" else args.checkpoint
-    translator = Translator(ckpt, TranslationSettings(steps=args.steps, device="auto"))
-    capture = _FirstStore()
-    config = parse_config({
-        "node": {"ae_title": "CT2MRI", "port": 0, "bind_address": "127.0.0.1"},
-        "destinations": [{"name": "archive", "type": "dicom", "ae_title": "ARCHIVE",
-                          "host": "127.0.0.1", "port": capture.server.server_address[1]}],
-        "spool_dir": "spool", "series": {"quiet_period_s": args.quiet},
-        "worker": {"poll_interval_s": 0.05},
-    }, root)
-    print(f"generating {args.slices} x {args.size} x {args.size} CT ...", flush=True)
-    paths = _ct(root / "ct", args.slices, args.size)
-    node = Node(config, translator=translator)
-    node.start()
-    try:
-        start = time.time()
-        last = _send(node.port, paths)
-        print(f"sent {len(paths)} CT instances in {last - start:.2f} s", flush=True)
-        assert node.store is not None
-        while True:
-            (job,) = node.store.list() or (None,)
-            if job is not None and job.state in ("done", "failed"):
-                break
-            time.sleep(0.05)
-        if job.state != "done" or capture.count != len(paths):
-            sys.exit(f"job {job.state}: {job.reason}; {capture.count} MR instances arrived")
-        done_at = time.time()
-    finally:
-        node.stop()
-        capture.server.shutdown()
-    return job, last, done_at
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--slices", type=int, default=200)
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--checkpoint", default="tiny", help="tiny (random test model), bundled or a folder")
-    parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--quiet", type=float, default=2.0, help="series.quiet_period_s")
+    add_series_arguments(parser)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        job, last_ct, _ = _run(Path(tmp), args)
+        job, _, capture = run_series(Path(tmp), args, {"worker": {"poll_interval_s": 0.05}})
+    if job.state != "done" or capture.count != args.slices:
+        sys.exit(f"job {job.state}: {job.reason}; {capture.count} MR instances arrived")
     t = job.timings
     total = t["latency:archive"]
     wait = (job.queued_at or 0.0) - (job.last_instance_at or 0.0)

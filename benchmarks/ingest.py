@@ -31,14 +31,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-
 from ct2mri_node.config import NodeSettings
 from ct2mri_node.fsutil import atomic_write
 from ct2mri_node.receive.completion import CompletionWatcher
 from ct2mri_node.receive.scp import StoreSCP
 from ct2mri_node.receive.spool import Spool
-from ct2mri_node.training.ct_dicom import write_ct_series
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import memory  # noqa: E402  (the same generated series)
 
 _MARK = "CT2MRI_BENCH_IN_NAMESPACE"
 
@@ -112,10 +112,9 @@ def send(port: int, files: list[Path], associations: int) -> float:
 
 
 def _series(folder: Path, slices: int, size: int) -> list[Path]:
-    z, y, x = np.mgrid[0:slices, 0:size, 0:size]
-    r = np.hypot(y - size / 2, x - size / 2)
-    hu = np.where(r < size * 0.4, 40.0 + (z % 7), -1000.0).astype(np.float32)
-    return write_ct_series(hu, (1.0, 0.8, 0.8), folder, seed=3)
+    """The CT series of ``memory.py`` (same generator), its files."""
+    memory.write_series(folder, slices, size)
+    return sorted(folder.glob("*.dcm"))
 
 
 def run(slices: int, size: int, rounds: int) -> None:

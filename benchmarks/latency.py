@@ -20,13 +20,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import CTImageStorage, MRImageStorage  # type: ignore[attr-defined]
+from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
 from ct2mri_node.config import parse_config
+from ct2mri_node.jobs.store import Job
 from ct2mri_node.model.testing import make_tiny_checkpoint
 from ct2mri_node.model.translator import TranslationSettings, Translator
 from ct2mri_node.node import Node
@@ -72,54 +74,67 @@ def _send(port: int, paths: list[Path]) -> float:
     return last
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_series_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of :func:`run_series` (series size, model, steps, quiet period)."""
     parser.add_argument("--slices", type=int, default=200)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--checkpoint", default="tiny", help="tiny (random test model), bundled or a folder")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--quiet", type=float, default=2.0, help="series.quiet_period_s")
-    args = parser.parse_args()
 
+
+def run_series(root: Path, args: argparse.Namespace,
+               config_extra: dict[str, Any] | None = None) -> tuple[Job, float, _FirstStore]:
+    """Start a real node whose destination is a capture SCP, send it a generated CT series and
+    wait for its job to end; the job, the time of the last CT C-STORE and the capture."""
+    ckpt = str(make_tiny_checkpoint(root / "ckpt")) if args.checkpoint == "tiny" else args.checkpoint
+    translator = Translator(ckpt, TranslationSettings(steps=args.steps, device="auto"))
+    capture = _FirstStore()
+    config = parse_config({
+        "node": {"ae_title": "CT2MRI", "port": 0, "bind_address": "127.0.0.1"},
+        "destinations": [{"name": "archive", "type": "dicom", "ae_title": "ARCHIVE",
+                          "host": "127.0.0.1", "port": capture.server.server_address[1]}],
+        "spool_dir": "spool", "series": {"quiet_period_s": args.quiet},
+        **(config_extra or {}),
+    }, root)
+    print(f"generating {args.slices} x {args.size} x {args.size} CT ...", flush=True)
+    paths = _ct(root / "ct", args.slices, args.size)
+    node = Node(config, translator=translator)
+    node.start()
+    try:
+        t0 = time.time()
+        last = _send(node.port, paths)
+        print(f"sent {len(paths)} CT instances in {last - t0:.2f} s", flush=True)
+        assert node.store is not None
+        while time.time() - last < 3600:
+            jobs = node.store.list()
+            if jobs and jobs[0].state in ("done", "failed"):
+                break
+            time.sleep(0.05)
+        (job,) = node.store.list()
+    finally:
+        node.stop()
+        capture.server.shutdown()
+    return job, last, capture
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_series_arguments(parser)
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        ckpt = str(make_tiny_checkpoint(root / "ckpt")) if args.checkpoint == "tiny" else args.checkpoint
-        translator = Translator(ckpt, TranslationSettings(steps=args.steps, device="auto"))
-        capture = _FirstStore()
-        config = parse_config({
-            "node": {"ae_title": "CT2MRI", "port": 0, "bind_address": "127.0.0.1"},
-            "destinations": [{"name": "archive", "type": "dicom", "ae_title": "ARCHIVE",
-                              "host": "127.0.0.1", "port": capture.server.server_address[1]}],
-            "spool_dir": "spool", "series": {"quiet_period_s": args.quiet},
-        }, root)
-        print(f"generating {args.slices} x {args.size} x {args.size} CT ...", flush=True)
-        paths = _ct(root / "ct", args.slices, args.size)
-        node = Node(config, translator=translator)
-        node.start()
-        try:
-            t0 = time.time()
-            last = _send(node.port, paths)
-            print(f"sent {len(paths)} instances in {last - t0:.2f} s")
-            assert node.store is not None
-            while time.time() - last < 3600:
-                jobs = node.store.list()
-                if jobs and jobs[0].state in ("done", "failed"):
-                    break
-                time.sleep(0.05)
-            (job,) = node.store.list()
-            if job.state != "done":
-                sys.exit(f"job failed: {job.reason}")
-        finally:
-            node.stop()
-            capture.server.shutdown()
-        _report(job, last, capture.first, args.quiet)
+        job, last, capture = run_series(Path(tmp), args)
+    if job.state != "done":
+        sys.exit(f"job failed: {job.reason}")
+    _report(job, last, capture.first, args.quiet)
     return 0
 
 
-def _report(job: object, last_store: float, first_mr: float | None, quiet: float) -> None:
-    t = job.timings  # type: ignore[attr-defined]
-    wait = job.queued_at - job.last_instance_at  # type: ignore[attr-defined]
-    sending = (t.get("first_store_at", 0.0) - job.queued_at) - sum(  # type: ignore[attr-defined]
+def _report(job: Job, last_store: float, first_mr: float | None, quiet: float) -> None:
+    t = job.timings
+    queued = job.queued_at or 0.0
+    wait = queued - (job.last_instance_at or 0.0)
+    sending = (t.get("first_store_at", 0.0) - queued) - sum(
         t.get(k, 0.0) for k in ("assembly", "translation", "encoding", "write"))
     rows = [
         ("completion wait", wait),

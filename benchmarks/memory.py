@@ -48,7 +48,8 @@ print(json.dumps({"base": base, "after_read": after_read, "peak": rss(),
 """
 
 
-def _series(folder: Path, slices: int, size: int) -> int:
+def write_series(folder: Path, slices: int, size: int) -> int:
+    """Write a generated CT series into ``folder``; the raw int16 size of its volume in bytes."""
     from ct2mri_node.training.ct_dicom import write_ct_series
 
     z, y, x = np.mgrid[0:slices, 0:size, 0:size]
@@ -59,7 +60,9 @@ def _series(folder: Path, slices: int, size: int) -> int:
     return int(hu.size * 2)
 
 
-def _measure(folder: Path, mode: str) -> dict[str, Any]:
+def measure(folder: Path, mode: str) -> dict[str, Any]:
+    """RSS after imports (``base``), and peaks in bytes, of a fresh interpreter that reads
+    (``mode`` read) or reads and assembles (``assemble``) the series in ``folder``."""
     out = subprocess.run([sys.executable, "-c", _CHILD, str(folder), mode], capture_output=True, text=True, check=False)
     if out.returncode != 0:
         sys.exit(f"child ({mode}) failed:\n{out.stderr[-2000:]}")
@@ -74,9 +77,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         print(f"generating {args.slices} x {args.size} x {args.size} CT ...", flush=True)
-        raw = _series(folder, args.slices, args.size)
-        read = _measure(folder, "read")
-        full = _measure(folder, "assemble")
+        raw = write_series(folder, args.slices, args.size)
+        read = measure(folder, "read")
+        full = measure(folder, "assemble")
     mib = 1024 * 1024
     read_peak = read["peak"] - read["base"]
     full_peak = full["peak"] - full["base"]

@@ -4,7 +4,8 @@ Generates a CT series (200 slices of 512x512 by default) with ``write_ct_series`
 temporary folder, then times each stage that is not translation: ``read_series``,
 ``assemble``, ``encode_series`` (with a real ``TranslationResult`` built from a uint16 array)
 and ``write_series``. In a fresh subprocess it reads and assembles a taller series
-(300 slices of 512x512) and compares its peak RSS (``ru_maxrss``) with the raw int16 volume.
+(300 slices of 512x512) and compares its peak RSS (``VmHWM``, measured as in ``memory.py``) with
+the raw int16 volume.
 
     .venv/bin/python benchmarks/stages.py                     # 200 x 512 x 512, memory at 300
     .venv/bin/python benchmarks/stages.py --slices 50 --memory-slices 60   # quick look
@@ -21,8 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
-import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,9 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ct2mri_node.training.ct_dicom import write_ct_series
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import memory  # noqa: E402  (one memory measurement, shared with memory.py)
 
 T = TypeVar("T")
 MIB = 1024 * 1024
@@ -91,52 +93,14 @@ def time_stages(folder: Path, slices: int, size: int) -> dict[str, float]:
     return times
 
 
-_MEMORY_CHILD = """
-import json, resource, sys
-from pathlib import Path
-from ct2mri_node.volume.assemble import assemble, read_series
-
-def status_kib(field):
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-paths = sorted(Path(sys.argv[1]).iterdir())
-before = status_kib("VmRSS")
-try:  # reset the high-water mark to the RSS after imports (Linux >= 4.0)
-    Path("/proc/self/clear_refs").write_text("5")
-except OSError:
-    pass
-volume = assemble(read_series(paths))
-peak = status_kib("VmHWM")
-print(json.dumps({"before_kib": before, "peak_kib": peak, "shape": list(volume.hu.shape),
-                  "dtype": str(volume.hu.dtype)}))
-"""
-
-_WRITE_CHILD = """
-import sys
-from pathlib import Path
-sys.path.insert(0, sys.argv[4])
-from stages import _write_ct
-_write_ct(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
-"""
-
-
 def measure_memory(folder: Path, slices: int, size: int) -> dict[str, Any]:
-    """Peak RSS of read_series + assemble in a fresh interpreter, against raw int16 bytes.
-
-    The series is written and assembled in child processes: ``ru_maxrss`` carries over the
-    parent's size through fork, so the child reads its own high-water mark (``VmHWM``).
-    """
+    """Peak RSS of read_series + assemble in a fresh interpreter, against raw int16 bytes
+    (the measurement of ``memory.py``, reported for the whole process and above imports)."""
     series = folder / "ct-memory"
-    subprocess.run([sys.executable, "-c", _WRITE_CHILD, str(series), str(slices), str(size),
-                    str(Path(__file__).parent)], check=True)
-    proc = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(series)],
-                          capture_output=True, text=True, check=True)
-    child = json.loads(proc.stdout.strip().splitlines()[-1])
-    raw = slices * size * size * 2
-    peak, before = child["peak_kib"] * 1024, child["before_kib"] * 1024
+    series.mkdir()
+    raw = memory.write_series(series, slices, size)
+    child = memory.measure(series, "assemble")
+    peak, before = child["peak"], child["base"]
     return {"raw_mib": raw / MIB, "peak_mib": peak / MIB, "imports_mib": before / MIB,
             "ratio": peak / raw, "growth_ratio": (peak - before) / raw, "dtype": child["dtype"]}
 

@@ -63,19 +63,25 @@ def atomic_write(path: Path, data: Data, *, sync_dir: bool = True) -> None:
         fsync_dir(Path(folder))
 
 
+def buffers(data: Data) -> list[memoryview]:
+    """``data`` as a list of byte views (one for a single buffer), without copying."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return [memoryview(data)]
+    return [memoryview(part) for part in data]
+
+
 def _write_fd(fd: int, name: str, data: Data, sync: bool) -> None:
     """Write every byte of ``data`` to the open ``fd``, sync it, close it; unlink on failure."""
     try:
         try:
-            buffers = [memoryview(data)] if isinstance(data, (bytes, bytearray, memoryview)) \
-                else [memoryview(part) for part in data]
-            while buffers:
-                written = os.writev(fd, buffers)
-                while buffers and written >= len(buffers[0]):
-                    written -= len(buffers[0])
-                    buffers.pop(0)
-                if buffers and written:
-                    buffers[0] = buffers[0][written:]
+            buffers_left = buffers(data)
+            while buffers_left:
+                written = os.writev(fd, buffers_left)
+                while buffers_left and written >= buffers_left[0].nbytes:
+                    written -= buffers_left[0].nbytes
+                    buffers_left.pop(0)
+                if buffers_left and written:
+                    buffers_left[0] = buffers_left[0][written:]
             if sync:
                 os.fdatasync(fd)   # data and the size needed to read it back; the name: fsync_dir
         finally:

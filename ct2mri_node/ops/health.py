@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ from typing import Any
 from ..config import DicomDestination, FolderDestination, NodeConfig
 from ..deliver.send import echo
 from ..errors import Ct2MriError
+from ..fsutil import write_temporary
 from .metrics import CONTENT_TYPE, NodeMetrics
 
 log = logging.getLogger(__name__)
@@ -39,13 +38,7 @@ class Check:
 def check_writable(folder: Path, name: str) -> Check:
     """Create, fsync and delete a small file in ``folder``."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".ready-", dir=folder)
-        try:
-            os.write(fd, b"ok")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            os.unlink(tmp)
+        write_temporary(b"ok", folder).unlink()
     except OSError as exc:
         return Check(name, False, f"{folder} is not writable: {exc.strerror or exc}")
     return Check(name, True)

@@ -49,7 +49,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from ..errors import ConfigError, SpoolError
-from ..fsutil import Data, atomic_write, fsync_dir
+from ..fsutil import Data, atomic_write, buffers, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class Spool:
             with self._lock:   # leaving the shared guard costs no extra lock round trip
                 if members is not None:
                     members.add(header.sop_instance_uid)
-                    self._written += _size(data)
+                    self._written += sum(b.nbytes for b in buffers(data))
                 self._leave_store(series)
         if outcome is StoreOutcome.REPLACED:
             log.warning(
@@ -258,16 +258,17 @@ class Spool:
             stored = self.last_stored(series_uid)
             if unless_stored_since is not None and stored is not None and stored >= unless_stored_since:
                 return False
-            self.forget(series_uid)
-            hidden = self._hide(folder)
-            if confirm is not None and not confirm():
+            try:
+                hidden = self._hide(folder)
+                if confirm is not None and not confirm():
+                    if hidden is not None:
+                        self._unhide(hidden, folder)
+                    return False
                 if hidden is not None:
-                    self._unhide(hidden, folder)
-                return False
-            if hidden is not None:
-                self._erase(hidden)
-                self.removed("input")
-            self.forget(series_uid)
+                    self._erase(hidden)
+                    self.removed("input")
+            finally:   # whatever happened, the members are read from the folder next time
+                self.forget(series_uid)
         return True
 
     def remove_output(self, job_id: int) -> bool:
@@ -463,12 +464,6 @@ def _scan(folder: Path) -> set[str]:
         return set()
 
 
-def _size(data: Data) -> int:
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        return memoryview(data).nbytes
-    return sum(memoryview(part).nbytes for part in data)
-
-
 def _same_content(path: str, data: Data) -> bool:
     """Whether the file at ``path`` holds exactly ``data`` (False when it is gone)."""
     try:
@@ -476,6 +471,4 @@ def _same_content(path: str, data: Data) -> bool:
             stored = handle.read()
     except FileNotFoundError:
         return False
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        return stored == bytes(data)
-    return stored == b"".join(bytes(part) for part in data)
+    return stored == b"".join(buffers(data))
