@@ -23,6 +23,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from ..config import DicomDestination, FolderDestination
 from ..errors import SendError
 from ..fsutil import atomic_write, fsync_dir
+from ..tcp import NO_DELAY_HANDLERS
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,8 @@ def _tls_args(destination: DicomDestination) -> tuple[ssl.SSLContext, str] | Non
 def _associate(ae: AE, destination: DicomDestination) -> Association:
     """Open an association; a permanent rejection is permanent, anything else is transient."""
     assoc = ae.associate(
-        destination.host, destination.port, ae_title=destination.ae_title, tls_args=_tls_args(destination)
+        destination.host, destination.port, ae_title=destination.ae_title, tls_args=_tls_args(destination),
+        evt_handlers=list(NO_DELAY_HANDLERS),
     )
     if assoc.is_established:
         return assoc

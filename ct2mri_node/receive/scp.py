@@ -42,6 +42,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from ..config import CallingAE, LimitSettings, NodeSettings
 from ..errors import SpoolError
 from ..faults import fault_point
+from ..tcp import NO_DELAY_HANDLERS
 from .completion import CompletionWatcher
 from .spool import InstanceHeader, Spool, StoreOutcome, header_from_dataset
 
@@ -300,6 +301,7 @@ class StoreSCP:
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_C_STORE, handle_store, [spool, watcher, admission]),
             (evt.EVT_CONN_CLOSE, handle_closed, [watcher]),
+            *NO_DELAY_HANDLERS,
         ]
         self._server: ThreadedAssociationServer | None = None
 

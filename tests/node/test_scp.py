@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import logging
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
 import pytest
-from nodekit import free_port, make_ct_series, node_config
+from nodekit import CaptureSCP, free_port, make_ct_series, node_config
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
-from pynetdicom import AE
+from pynetdicom import AE, Association
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification  # type: ignore[attr-defined]
 
-from ct2mri_node.config import CallingAE, NodeConfig
+from ct2mri_node.config import CallingAE, DicomDestination, NodeConfig
+from ct2mri_node.deliver.send import _associate
 from ct2mri_node.receive.completion import CompletionWatcher
 from ct2mri_node.receive.scp import StoreSCP
 from ct2mri_node.receive.spool import Spool
@@ -178,3 +180,26 @@ def test_port_zero_and_free_port_helpers(tmp_path: Path) -> None:
         assoc = _scu("ANYONE").associate("127.0.0.1", port, ae_title="CT2MRI")
         assert assoc.is_established   # empty allow-list accepts any caller
         assoc.release()
+
+
+def _nodelay(assoc: Association) -> int:
+    return int(assoc.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+
+def test_both_ends_of_our_associations_send_without_nagle_delay(receiver: Receiver, capture: CaptureSCP) -> None:
+    # Nagle + delayed ACK stall every small C-STORE by ~40 ms (ct2mri_node/tcp.py)
+    plain = _scu().associate("127.0.0.1", receiver.scp.port, ae_title="CT2MRI")  # a sender that does not set it
+    assert plain.is_established
+    try:
+        (accepted,) = [a for a in receiver.scp._ae.active_associations if a.is_acceptor]
+        assert _nodelay(accepted) and not _nodelay(plain)
+    finally:
+        plain.release()
+    destination = DicomDestination(**capture.destination())
+    ae = AE(ae_title="CT2MRI")
+    ae.add_requested_context(MRImageStorage, [ExplicitVRLittleEndian])
+    ours = _associate(ae, destination)          # what send_series and echo open
+    try:
+        assert _nodelay(ours)
+    finally:
+        ours.release()
