@@ -54,11 +54,7 @@ class SpoolError(Ct2MriError):
 
 
 class JobError(Ct2MriError):
-    """A job cannot proceed; ``permanent`` says whether retrying can help."""
-
-    def __init__(self, message: str, permanent: bool = True) -> None:
-        super().__init__(message)
-        self.permanent = permanent
+    """A job cannot proceed (unknown job, wrong state, a record that cannot be written)."""
 
 
 class SendError(Ct2MriError):

@@ -186,6 +186,8 @@ def _series_number(ct: CTVolume, options: EncodeOptions) -> int:
 
 
 def _equipment(ds: Dataset, result: TranslationResult, options: EncodeOptions) -> None:
+    """Manufacturer, model name and software versions of the node and model (the image's
+    equipment, and the 'Synthesizing' item of the contributing equipment)."""
     model = result.model
     ds.Manufacturer = _lo(options.manufacturer)
     ds.ManufacturerModelName = _lo(model.name)
@@ -235,10 +237,7 @@ def _contributing_equipment(ds: Dataset, ct: CTVolume, result: TranslationResult
     model, settings = result.model, result.settings
     ours = Dataset()
     ours.PurposeOfReferenceCodeSequence = [_code(*SYNTHESIZING)]
-    ours.Manufacturer = _lo(options.manufacturer)
-    ours.ManufacturerModelName = _lo(model.name)
-    ours.SoftwareVersions = [_lo(f"ct2mri-node {options.node_version}"),
-                             _lo(f"{model.name} {model.version}")]
+    _equipment(ours, result, options)
     ours.ContributionDateTime = when.strftime("%Y%m%d%H%M%S%z")
     ours.ContributionDescription = _ascii(
         f"Synthetic MR by {model.name} {model.version} ({model.architecture}), weights sha256 "

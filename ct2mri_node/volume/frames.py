@@ -74,7 +74,6 @@ class Frame:
     slope: float
     intercept: float
     localizer: bool
-    instance_number: int | None = None
 
 
 def _floats(value: Any, count: int, what: str, ds: Dataset) -> tuple[float, ...]:
@@ -121,15 +120,7 @@ def single_frame(ds: Dataset) -> Frame:
         slope=float(ds.get("RescaleSlope", 1.0) or 1.0),
         intercept=float(ds.get("RescaleIntercept", 0.0) or 0.0),
         localizer="LOCALIZER" in image_type,
-        instance_number=_int_or_none(ds.get("InstanceNumber")),
     )
-
-
-def _int_or_none(value: Any) -> int | None:
-    try:
-        return None if value in (None, "") else int(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def _group(ds: Dataset, per_frame: Dataset | None, keyword: str) -> Dataset | None:
