@@ -12,13 +12,14 @@ Data may be given as several buffers (e.g. file meta and the received data set a
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Union
+from typing import IO, Union
 
 log = logging.getLogger(__name__)
 
@@ -104,3 +105,22 @@ def fsync_path(path: Path) -> None:
 def fsync_dir(folder: Path) -> None:
     """Make the renames and new names in ``folder`` durable."""
     fsync_path(folder)
+
+
+def try_lock(path: Path) -> IO[str] | None:
+    """Open ``path`` (created if missing) and take an exclusive ``flock`` on it without waiting.
+
+    Returns the open file, which holds the lock until it is closed (or the process ends), or
+    None when another open file holds it; callers say in their own words who holds it. An
+    ``OSError`` opening the file, or from ``flock`` for any reason but a held lock, propagates.
+    """
+    handle = open(path, "a", encoding="utf-8")   # noqa: SIM115 (held open while the lock is held)
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    except BaseException:
+        handle.close()
+        raise
+    return handle

@@ -23,8 +23,7 @@ from typing import Any
 from .config import NodeConfig
 from .errors import ConfigError, JobError
 from .faults import fault_point
-from .jobs.pipeline import PipelineOptions
-from .jobs.queue import JobDispatch, LeasedClaims, Publisher, priority_for, series_description, worker_identity
+from .jobs.queue import JobDispatch, LeasedClaims, Publisher, priority_for, worker_identity
 from .jobs.store import JobStore
 from .jobs.worker import Worker
 from .ops.health import HealthServer
@@ -60,10 +59,7 @@ def load_translator(config: NodeConfig) -> Any:
 class Node:
     """A running ct2mri-node: receives CT, translates complete series, sends MR series."""
 
-    def __init__(
-        self, config: NodeConfig, translator: Any = None, pipeline_options: PipelineOptions | None = None,
-        role: str = "all",
-    ) -> None:
+    def __init__(self, config: NodeConfig, translator: Any = None, role: str = "all") -> None:
         if role not in ROLES:
             raise ConfigError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
         if role == "receiver" and config.queue.backend != "celery":
@@ -75,7 +71,6 @@ class Node:
         self.spool: Spool = MeteredSpool(config.spool_dir, self.metrics)
         self.health: HealthServer | None = None
         self._translator = translator
-        self._pipeline_options = pipeline_options
         self._stop = threading.Event()
         self._worker_thread: threading.Thread | None = None
         self.store: JobStore | None = None
@@ -122,8 +117,7 @@ class Node:
         rules = self.config.queue.urgent
         if not rules:
             return "routine"
-        paths = self.spool.instance_paths(series_uid)
-        description = series_description(paths[0]) if paths else ""
+        description = self.spool.series_description(series_uid)
         return priority_for(rules, self._calling.pop(series_uid, None), description)
 
     def start(self) -> None:
@@ -165,7 +159,7 @@ class Node:
     def _start_worker(self, store: JobStore) -> None:
         """The in-process worker thread (with leases when worker processes share the store)."""
         claims = LeasedClaims(self.dispatch) if self.dispatch is not None else None
-        self.worker = Worker(self.config, store, self.spool, self._translator, self._pipeline_options, claims)
+        self.worker = Worker(self.config, store, self.spool, self._translator, claims=claims)
         self.worker.observer = OpsObserver(store, self.metrics, self.config.ops.qa_preview)
         self._worker_thread = threading.Thread(
             target=self.worker.run, args=(self._stop,), name="ct2mri-worker", daemon=True

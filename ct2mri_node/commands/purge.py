@@ -12,10 +12,11 @@ import logging
 from pathlib import Path
 
 from ..config import load_config
-from ..errors import ConfigError, SpoolError
+from ..errors import ConfigError
 from ..jobs.store import JobStore
 from ..ops.retention import SweepReport, enabled, sweep
 from ..receive.spool import Spool
+from .status import existing_db
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,9 @@ def run(args: argparse.Namespace) -> int:
         print("retention is off (retention.delivered_hours and retention.failed_hours are null): nothing to remove")
         return 0
     spool = Spool(config.spool_dir)
-    if not spool.db_path.exists():
-        raise SpoolError(f"no job database at {spool.db_path}; has the node run with this config (`ct2mri-node serve`)?")
+    db = existing_db(config)
     if args.dry_run:
-        _print(sweep(JobStore(spool.db_path), spool, settings, dry_run=True))
+        _print(sweep(JobStore(db), spool, settings, dry_run=True))
         return 0
     try:
         lock = spool.lock_receiver()
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         ) from None
     try:
         spool.remove_leftovers()
-        _print(sweep(JobStore(spool.db_path), spool, settings))
+        _print(sweep(JobStore(db), spool, settings))
     finally:
         lock.release()
     return 0

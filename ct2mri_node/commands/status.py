@@ -13,10 +13,11 @@ import logging
 from datetime import datetime
 from pathlib import Path
 
-from ..config import load_config
+from ..config import NodeConfig, load_config
 from ..errors import SpoolError
 from ..jobs.store import Job, JobStore
 from ..ops.provenance import job_report
+from ..receive.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +33,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.set_defaults(func=run)
 
 
-def open_store(config_path: Path | None) -> JobStore:
-    """The job store of the configured spool; SpoolError when the node never ran there."""
-    config = load_config(config_path)
-    db = config.spool_dir / "jobs.sqlite3"
+def existing_db(config: NodeConfig) -> Path:
+    """The job database of the configured spool (``Spool.db_path``); SpoolError when the node
+    never ran there (``status``, ``retry`` and ``purge`` read a store, never create one)."""
+    db = Spool(config.spool_dir).db_path
     if not db.exists():
         raise SpoolError(f"no job database at {db}; has the node run with this config (`ct2mri-node serve`)?")
-    return JobStore(db)
+    return db
+
+
+def open_store(config_path: Path | None) -> JobStore:
+    """The job store of the configured spool; SpoolError when the node never ran there."""
+    return JobStore(existing_db(load_config(config_path)))
 
 
 def _line(job: Job, provenance: dict[str, object] | None = None) -> str:

@@ -10,7 +10,6 @@ SIGTERM/SIGINT after the job in hand (Celery's warm shutdown).
 from __future__ import annotations
 
 import argparse
-import fcntl
 import logging
 import os
 import re
@@ -23,6 +22,7 @@ from pydantic import ValidationError
 
 from ..config import ModelSettings, NodeConfig, default_config_path, load_config
 from ..errors import ConfigError
+from ..fsutil import try_lock
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +69,10 @@ def lock_device(device: str, folder: Path | None = None) -> IO[str] | None:
     name = device if ":" in device else "cuda:0"
     path = (folder or Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())) / \
         f"ct2mri-node-{name.replace(':', '-')}.lock"
-    handle = path.open("a")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
+    handle = try_lock(path)
+    if handle is None:
         raise ConfigError(f"device {name} is already used by another ct2mri-node worker on this machine; "
-                          "start this one with another --device cuda:N") from None
+                          "start this one with another --device cuda:N")
     return handle
 
 

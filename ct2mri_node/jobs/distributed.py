@@ -19,7 +19,6 @@ from celery import Celery
 from kombu import Queue
 
 from ..config import NodeConfig
-from ..errors import ConfigError
 from ..receive.spool import Spool
 from .queue import PRIORITIES, JobDispatch, LeasedClaims
 from .store import JobStore
@@ -32,9 +31,11 @@ TASK_NAME = "ct2mri.run_job"
 
 
 def make_app(config: NodeConfig) -> Celery:
-    """The Celery app for ``config.queue`` (broker only: results live in the job store)."""
-    if config.queue.backend != "celery" or not config.queue.broker_url:
-        raise ConfigError("the distributed queue needs queue.backend: celery and queue.broker_url in the config")
+    """The Celery app for ``config.queue`` (broker only: results live in the job store).
+
+    Callers use it with ``queue.backend: celery`` only (the node's publisher, the ``worker``
+    command), and the config refuses that backend without a redis:// broker_url.
+    """
     app = Celery("ct2mri_node", broker=config.queue.broker_url, set_as_current=False)
     app.conf.update(
         task_acks_late=True,
@@ -80,14 +81,14 @@ class WorkerRuntime:
     dispatch: JobDispatch
 
     @classmethod
-    def build(cls, config: NodeConfig, translator: Any, owner: str, observer: Any = None) -> WorkerRuntime:
-        """Open the shared spool and job store; the translator is loaded by the caller, once."""
+    def build(cls, config: NodeConfig, translator: Any, owner: str) -> WorkerRuntime:
+        """Open the shared spool and job store; the translator is loaded by the caller, once
+        (the caller sets ``worker.observer``, which needs the store opened here)."""
         spool = Spool(config.spool_dir)
         spool.create()
         store = JobStore(spool.db_path)
         dispatch = JobDispatch(store, config.queue.lease_s, owner)
         worker = Worker(config, store, spool, translator, claims=LeasedClaims(dispatch))
-        worker.observer = observer
         return cls(config, worker, dispatch)
 
     def run_job(self, job_id: int) -> str:

@@ -1,14 +1,15 @@
 """Where the stages meet: CT datasets -> volume -> translator -> synthetic MR datasets -> files.
 
 The node's worker and the offline ``ct2mri-node translate`` command both call
-:func:`translate_series`; the translator is passed in (loaded once by the caller), so this
-module never imports the model or torch.
+:func:`run_pipeline` and :func:`write_series`; the translator is passed in (loaded once by the
+caller), so this module never imports the model or torch.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -51,11 +52,15 @@ class PipelineOptions:
 
 @dataclass
 class PipelineResult:
-    """The MR datasets and what they were made from (for summaries and timings)."""
+    """The MR datasets and what they were made from (for summaries and timings).
+
+    ``timings`` holds the seconds of each stage: ``assembly``, ``translation``, ``encoding``.
+    """
 
     datasets: list[Dataset]
     volume: CTVolume
     translation: TranslationResult
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def run_pipeline(
@@ -64,14 +69,23 @@ def run_pipeline(
     options: PipelineOptions | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> PipelineResult:
-    """assemble -> translate -> encode; returns the MR datasets with the volume and result."""
+    """assemble -> translate -> encode; returns the MR datasets with the volume, the result and
+    each stage's wall time (the worker stores them as the job's timings)."""
     options = options or PipelineOptions()
+    started = time.perf_counter()
     volume = assemble(datasets, options.limits)
     log.info("series %s: volume %s, spacing %s mm", volume.series_instance_uid,
              volume.hu.shape, tuple(round(s, 3) for s in volume.spacing))
+    translating = time.perf_counter()
     result = translator.translate(volume.hu, volume.spacing, progress)
+    translated = time.perf_counter()
     mr = encode_series(volume, result, options.encode)
-    return PipelineResult(datasets=mr, volume=volume, translation=result)
+    timings = {
+        "assembly": translating - started,
+        "translation": translated - translating,
+        "encoding": time.perf_counter() - translated,
+    }
+    return PipelineResult(datasets=mr, volume=volume, translation=result, timings=timings)
 
 
 def translate_series(

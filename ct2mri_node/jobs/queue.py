@@ -30,7 +30,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import ContextManager, Protocol
 
 from ..config import QueueSettings, UrgentRule
@@ -109,19 +108,15 @@ class JobDispatch:
     def set_priority(self, series_uid: str, priority: str) -> int | None:
         """Record the priority of the series' open (received or queued) job; its id, None if none."""
         with self.store.transaction() as conn:
-            row = conn.execute(
-                "SELECT id FROM jobs WHERE series_uid=? AND state IN ('received','queued')"
-                " ORDER BY id DESC LIMIT 1",
-                (series_uid,),
-            ).fetchone()
-            if row is None:
+            job_id = self.store.open_job_id(conn, series_uid)
+            if job_id is None:
                 return None
             conn.execute(
                 "INSERT INTO job_dispatch (job_id, priority) VALUES (?, ?)"
                 " ON CONFLICT(job_id) DO UPDATE SET priority=excluded.priority",
-                (int(row["id"]), priority),
+                (job_id, priority),
             )
-        return int(row["id"])
+        return job_id
 
     # -- publishing ---------------------------------------------------------------------
     def due_for_publish(self, republish_after_s: float, now: float | None = None) -> list[tuple[int, str]]:
@@ -181,11 +176,7 @@ class JobDispatch:
             claimed = int(row["id"])
             if row["state"] != "queued":
                 log.warning("job %d: its worker stopped renewing its lease; taking it over", claimed)
-            conn.execute(
-                "UPDATE jobs SET state='translating', attempts=attempts+1,"
-                " started_at=COALESCE(started_at, ?), updated_at=? WHERE id=?",
-                (now, now, claimed),
-            )
+            self.store.start_attempt(conn, claimed, now)
             conn.execute(
                 "INSERT INTO job_dispatch (job_id, owner, lease_until) VALUES (?, ?, ?)"
                 " ON CONFLICT(job_id) DO UPDATE SET owner=excluded.owner, lease_until=excluded.lease_until",
@@ -308,13 +299,3 @@ class Publisher:
             self._wake.wait(self.settings.sweep_interval_s)
             self._wake.clear()
 
-
-def series_description(path: Path) -> str:
-    """The SeriesDescription of a spooled file, '' when absent or unreadable (priority rules)."""
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesDescription"])
-    except Exception:  # noqa: BLE001 (an unreadable header only loses the rule, never the job)
-        return ""
-    return str(ds.get("SeriesDescription", "") or "")

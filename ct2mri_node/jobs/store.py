@@ -3,8 +3,7 @@
 One job per complete series, with its state
 (``received -> queued -> translating -> sending -> done | failed``), timestamps, attempts,
 the reason for any failure, stage timings and one delivery row per destination.
-:class:`JobQueue` is the small interface the node and worker use, so that a distributed
-task engine could replace :class:`JobStore` without touching the pipeline steps.
+:mod:`ct2mri_node.jobs.queue` adds leases and publishing beside these tables for worker processes.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from ..errors import JobError, SpoolError
 
@@ -114,20 +113,8 @@ class PurgeCandidate:
     finished_at: float | None
 
 
-class JobQueue(Protocol):
-    """What the node and the worker need from a job queue."""
-
-    def enqueue(self, series_uid: str, study_uid: str, last_instance_at: float | None = None) -> int: ...
-    def claim(self) -> Job | None: ...
-    def complete(self, job_id: int) -> None: ...
-    def fail(self, job_id: int, reason: str) -> None: ...
-    def defer(self, job_id: int, delay_s: float, reason: str) -> None: ...
-    def retry(self, job_id: int) -> Job: ...
-    def list(self) -> list[Job]: ...
-
-
 class JobStore:
-    """SQLite-backed :class:`JobQueue`; safe to use from several threads and processes."""
+    """The SQLite-backed job records and queue; safe to use from several threads and processes."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -175,7 +162,7 @@ class JobStore:
         """Open a ``received`` job for a series unless one is already open."""
         now = time.time()
         with self.transaction() as conn:
-            if self._open_job(conn, series_uid) is None:
+            if self.open_job_id(conn, series_uid) is None:
                 conn.execute(
                     "INSERT INTO jobs (series_uid, study_uid, state, created_at, updated_at)"
                     " VALUES (?, ?, 'received', ?, ?)",
@@ -187,12 +174,12 @@ class JobStore:
         job_id = self.enqueue(series_uid, study_uid, last_instance_at)
         log.info("job %d queued for series %s", job_id, series_uid)
 
-    # -- JobQueue ------------------------------------------------------------------------
+    # -- the queue -----------------------------------------------------------------------
     def enqueue(self, series_uid: str, study_uid: str, last_instance_at: float | None = None) -> int:
         """Queue the series' open job, or a new one; returns the job id (one per open series)."""
         now = time.time()
         with self.transaction() as conn:
-            job_id = self._open_job(conn, series_uid)
+            job_id = self.open_job_id(conn, series_uid)
             if job_id is None:
                 cur = conn.execute(
                     "INSERT INTO jobs (series_uid, study_uid, state, created_at, updated_at)"
@@ -217,11 +204,7 @@ class JobStore:
             ).fetchone()
             if row is None:
                 return None
-            conn.execute(
-                "UPDATE jobs SET state='translating', attempts=attempts+1,"
-                " started_at=COALESCE(started_at, ?), updated_at=? WHERE id=?",
-                (now, now, row["id"]),
-            )
+            self.start_attempt(conn, int(row["id"]), now)
         return self.get(int(row["id"]))
 
     def set_state(self, job_id: int, state: str) -> None:
@@ -235,14 +218,20 @@ class JobStore:
         self._update(job_id, "translated=1", ())
 
     def record_timing(self, job_id: int, stage: str, seconds: float) -> None:
-        """Store one stage's duration in seconds (``status`` and the latency benchmark read them)."""
+        """Store one stage's duration in seconds (``status`` and the latency benchmark read them);
+        it goes through :meth:`record_timings`, the one method a subclass hooks."""
+        self.record_timings(job_id, {stage: seconds})
+
+    def record_timings(self, job_id: int, timings: Mapping[str, float]) -> None:
+        """Store several stages' durations in seconds in one transaction (see :meth:`record_timing`)."""
         with self.transaction() as conn:
             row = conn.execute("SELECT timings FROM jobs WHERE id=?", (job_id,)).fetchone()
             if row is None:
                 raise JobError(f"no job {job_id}")
-            timings = json.loads(row["timings"])
-            timings[stage] = round(float(seconds), 6)
-            conn.execute("UPDATE jobs SET timings=? WHERE id=?", (json.dumps(timings), job_id))
+            stored = json.loads(row["timings"])
+            for stage, seconds in timings.items():
+                stored[stage] = round(float(seconds), 6)
+            conn.execute("UPDATE jobs SET timings=? WHERE id=?", (json.dumps(stored), job_id))
 
     def record_delivery(self, job_id: int, destination: str, state: str, reason: str | None = None) -> None:
         """Record one send attempt's outcome (``done``, ``failed`` or ``pending``) for a destination."""
@@ -415,13 +404,27 @@ class JobStore:
         ).fetchone()
         return row is not None
 
-    def _open_job(self, conn: sqlite3.Connection, series_uid: str) -> int | None:
+    @staticmethod
+    def open_job_id(conn: sqlite3.Connection, series_uid: str) -> int | None:
+        """The series' newest open job (:data:`OPEN_STATES`), read in the caller's transaction;
+        None when it has none (the store and the dispatch table both attach to it)."""
+        marks = ",".join("?" * len(OPEN_STATES))
         row = conn.execute(
-            "SELECT id FROM jobs WHERE series_uid=? AND state IN ('received','queued')"
+            f"SELECT id FROM jobs WHERE series_uid=? AND state IN ({marks})"  # noqa: S608 (fixed SQL)
             " ORDER BY id DESC LIMIT 1",
-            (series_uid,),
+            (series_uid, *OPEN_STATES),
         ).fetchone()
         return None if row is None else int(row["id"])
+
+    @staticmethod
+    def start_attempt(conn: sqlite3.Connection, job_id: int, now: float) -> None:
+        """Inside a claim's transaction: the job becomes ``translating`` and counts one more
+        attempt (``started_at`` keeps its first value); used by every claim path."""
+        conn.execute(
+            "UPDATE jobs SET state='translating', attempts=attempts+1,"
+            " started_at=COALESCE(started_at, ?), updated_at=? WHERE id=?",
+            (now, now, job_id),
+        )
 
     def _update(self, job_id: int, assignments: str, values: tuple[Any, ...]) -> None:
         with self.transaction() as conn:

@@ -34,25 +34,6 @@ from .store import Job, JobStore
 log = logging.getLogger(__name__)
 
 
-class _TimedTranslator:
-    """Delegates to the real translator and remembers when ``translate`` started and ended,
-    which splits the pipeline's wall time into assembly, translation and encoding."""
-
-    def __init__(self, translator: Any) -> None:
-        self._inner = translator
-        self.started = self.ended = 0.0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def translate(self, *args: Any, **kwargs: Any) -> Any:
-        self.started = time.perf_counter()
-        try:
-            return self._inner.translate(*args, **kwargs)
-        finally:
-            self.ended = time.perf_counter()
-
-
 @dataclass(frozen=True)
 class _Outcome:
     done: list[str] = field(default_factory=list)
@@ -86,7 +67,6 @@ class Worker:
         store: JobStore,
         spool: Spool,
         translator: Any,
-        pipeline_options: PipelineOptions | None = None,
         claims: ClaimSource | None = None,
     ) -> None:
         self.config = config
@@ -94,7 +74,7 @@ class Worker:
         self.claims: ClaimSource = claims or LocalClaims(store)
         self.spool = spool
         self.translator = translator
-        self.pipeline_options = pipeline_options or PipelineOptions(
+        self.pipeline_options = PipelineOptions(
             limits=VolumeLimits(min_slices=config.series.min_slices, max_slices=config.series.max_slices,
                                 max_rows=config.series.max_matrix, max_columns=config.series.max_matrix)
         )
@@ -154,16 +134,13 @@ class Worker:
         """Spooled CT -> MR series in the job's output folder (written whole, then renamed)."""
         start = time.perf_counter()
         datasets = read_series(self.spool.instance_paths(job.series_uid))  # assemble refuses what cannot be decoded
-        timed = _TimedTranslator(self.translator)
-        result = run_pipeline(datasets, timed, self.pipeline_options)
+        reading = time.perf_counter() - start
+        result = run_pipeline(datasets, self.translator, self.pipeline_options)
         mr = result.datasets
-        finished = time.perf_counter()
-        for stage, seconds in (
-            ("assembly", timed.started - start),          # reading the files + assemble
-            ("translation", timed.ended - timed.started),
-            ("encoding", finished - timed.ended),
-        ):
-            self.store.record_timing(job.id, stage, seconds)
+        timings = dict(result.timings)
+        timings["assembly"] = reading + timings["assembly"]   # reading the files + assemble
+        # stored before the write, so they are kept when writing fails
+        self.store.record_timings(job.id, timings)
         start = time.perf_counter()
         self._write_output(job, mr)
         self.store.record_timing(job.id, "write", time.perf_counter() - start)

@@ -49,7 +49,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from ..errors import ConfigError, SpoolError
-from ..fsutil import Data, atomic_write, buffers, fsync_dir
+from ..fsutil import Data, atomic_write, buffers, fsync_dir, try_lock
 
 log = logging.getLogger(__name__)
 
@@ -409,6 +409,19 @@ class Spool:
             return []
         return sorted(p.name for p in self.incoming.iterdir() if p.is_dir() and is_valid_uid(p.name))
 
+    def series_description(self, series_uid: str) -> str:
+        """The SeriesDescription of the series' first spooled file (by name), '' when it has no
+        files or the header is unreadable (an unreadable header only loses the priority rule,
+        never the job); SpoolError as :meth:`instance_paths` when the series has no folder."""
+        paths = self.instance_paths(series_uid)
+        if not paths:
+            return ""
+        try:
+            ds = pydicom.dcmread(paths[0], stop_before_pixels=True, specific_tags=["SeriesDescription"])
+        except Exception:  # noqa: BLE001 (an unreadable header only loses the rule, never the job)
+            return ""
+        return str(ds.get("SeriesDescription", "") or "")
+
     def instance_paths(self, series_uid: str) -> list[Path]:
         """The spooled files of one series (sorted by name; order does not matter downstream)."""
         if not is_valid_uid(series_uid):
@@ -426,25 +439,22 @@ class Spool:
 class ReceiverLock:
     """An exclusive ``flock`` on a file, held until :meth:`release` (or the process ends)."""
 
-    def __init__(self, path: Path, handle: IO[bytes]) -> None:
+    def __init__(self, path: Path, handle: IO[str]) -> None:
         self.path = path
-        self._handle: IO[bytes] | None = handle
+        self._handle: IO[str] | None = handle
 
     @classmethod
     def acquire(cls, path: Path) -> ReceiverLock:
         """Take the lock without waiting; ConfigError naming the spool when it is held."""
         try:
-            handle = open(path, "ab")   # noqa: SIM115 (held open while the lock is held)
+            handle = try_lock(path)
         except OSError as exc:
             raise SpoolError(f"cannot open {path}: {exc.strerror or exc}; fix the spool's permissions") from exc
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
+        if handle is None:
             raise ConfigError(
                 f"another ct2mri-node is receiving into the spool {path.parent} (it holds {path}); "
                 "stop it first, or give this node its own spool_dir"
-            ) from None
+            )
         return cls(path, handle)
 
     def release(self) -> None:
