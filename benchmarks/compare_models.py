@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from safetensors import safe_open
 
 CLI = [sys.executable, "-m", "ct2mri_node"]
 
@@ -51,17 +54,9 @@ def table(reports: dict[str, dict[str, Any]]) -> str:
 
 
 def parameter_count(checkpoint: Path) -> int:
-    """Number of weights in the checkpoint (read from the safetensors header, no torch needed)."""
-    raw = (checkpoint / "model.safetensors").read_bytes()
-    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
-    total = 0
-    for name, info in header.items():
-        if name != "__metadata__":
-            count = 1
-            for dim in info["shape"]:
-                count *= dim
-            total += count
-    return total
+    """Number of weights in the checkpoint (tensor shapes from the safetensors header, no torch needed)."""
+    with safe_open(str(checkpoint / "model.safetensors"), framework="numpy") as weights:
+        return sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())
 
 
 def record_in_card(checkpoint: Path, rep: dict[str, Any], data: Path) -> None:

@@ -22,17 +22,22 @@ import torch
 from ct2mri_node.model import pre_post
 from ct2mri_node.model.checkpoint import load_checkpoint
 from ct2mri_node.model.diffusion import training_scheduler
-from ct2mri_node.training.pairs import list_cases, load_case
+from ct2mri_node.training.pairs import PairedCase, list_cases, load_case
 from ct2mri_node.training.train import prepare_case
 
 TIMESTEPS = (999, 700, 400, 100)
 
 
-def probe(checkpoint: str, cases: list, seed: int) -> list[float]:
-    """Mean correlation of the one-step x0 estimate with the real MR, per timestep."""
+def probe(checkpoint: str, raw_cases: list[PairedCase], spacing: float, seed: int) -> list[float]:
+    """Mean correlation of the one-step x0 estimate with the real MR, per timestep.
+
+    The cases are prepared with the CT mapping of the checkpoint's card, as its training was.
+    """
     ckpt = load_checkpoint(checkpoint)
     if ckpt.card.architecture == "unet":
         raise SystemExit(f"{checkpoint}: a regression UNet has no noise levels to probe")
+    mapping = pre_post.IntensityMapping.from_card(ckpt.card.intensity)
+    cases = [prepare_case(case, spacing, mapping) for case in raw_cases]
     net, sched = ckpt.network.eval(), training_scheduler(ckpt.card.scheduler)
     means = []
     for t in TIMESTEPS:
@@ -62,12 +67,11 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("models", nargs="+", help="LABEL=CHECKPOINT (a folder or 'bundled')")
     args = parser.parse_args()
-    mapping = pre_post.IntensityMapping(-1024.0, 2000.0)
-    cases = [prepare_case(load_case(d), args.spacing, mapping) for d in list_cases(args.data)[: args.cases]]
+    cases = [load_case(d) for d in list_cases(args.data)[: args.cases]]
     print("model".ljust(16) + "".join(f"t={t}".rjust(9) for t in TIMESTEPS))
     for item in args.models:
         label, _, path = item.partition("=")
-        print(label.ljust(16) + "".join(f"{c:9.3f}" for c in probe(path, cases, args.seed)))
+        print(label.ljust(16) + "".join(f"{c:9.3f}" for c in probe(path, cases, args.spacing, args.seed)))
     return 0
 
 

@@ -4,14 +4,13 @@
 
 Prints seconds per step, steps, total time, peak memory (RSS) and the ratio against 1000-step
 DDPM sampling at the same per-step cost. Target: <= 120 s on 2 CPU cores with 20 steps.
-The phantom is ``ct2mri_node.training.phantoms`` (pelvis) when present, else a simple
-ellipsoid body with bone. ``--tiny`` uses a random tiny checkpoint (no trained model needed).
+The phantom is ``ct2mri_node.training.phantoms`` (pelvis). ``--tiny`` uses a random tiny
+checkpoint (no trained model needed).
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import tempfile
 import time
@@ -20,39 +19,14 @@ import numpy as np
 
 SHAPE = (128, 256, 256)
 SPACING = (2.5, 1.5, 1.5)
+DEMO_PATCH = 32  # patch edge of the demo config (`ct2mri-node train --patch` default), for --random
 
 
 def phantom_ct(shape: tuple[int, int, int] = SHAPE, spacing: tuple[float, float, float] = SPACING) -> np.ndarray:
-    """A CT phantom in HU: the project's pelvis phantom, or an ellipsoid body with a bone rod."""
-    try:
-        from ct2mri_node.training.phantoms import generate_case
+    """A CT phantom in HU: the project's pelvis phantom."""
+    from ct2mri_node.training.phantoms import generate_case
 
-        return generate_case("pelvis", seed=0, shape=shape, spacing=spacing).ct.astype(np.float32)
-    except Exception as exc:  # fall back to a plain synthetic body; say why
-        print(f"(pelvis phantom unavailable: {exc}; using an ellipsoid)", file=sys.stderr)
-    z, y, x = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
-    ct = np.full(shape, -1000.0, np.float32)
-    body = (y / 0.8) ** 2 + (x / 0.9) ** 2 < 1
-    ct[body] = 40.0
-    ct[body & ((y / 0.1) ** 2 + (x / 0.1) ** 2 < 1)] = 900.0
-    return ct
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process in MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def random_checkpoint(arch: str, spacing: float, base_channels: int) -> str:
-    """A randomly initialised checkpoint of the demo config (timing only; output meaningless)."""
-    from ct2mri_node.model.checkpoint import ModelCard, save_checkpoint
-    from ct2mri_node.model.networks import build_network, network_config
-
-    card = ModelCard(name=f"random-{arch}", version="0", architecture=arch,
-                     network=network_config(arch, base_channels=base_channels), spacing_mm=(spacing,) * 3)
-    directory = tempfile.mkdtemp()
-    save_checkpoint(directory, card, build_network(arch, card.network))
-    return directory
+    return generate_case("pelvis", seed=0, shape=shape, spacing=spacing).ct.astype(np.float32)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,20 +44,28 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from ct2mri_node.model.networks import network_config
     from ct2mri_node.model.testing import make_tiny_checkpoint
     from ct2mri_node.model.translator import TranslationSettings, Translator
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    checkpoint = make_tiny_checkpoint(tempfile.mkdtemp()) if args.tiny else args.checkpoint
-    if args.random:
-        checkpoint = random_checkpoint(args.arch, args.spacing, args.base_channels)
+    checkpoint = args.checkpoint
+    if args.random:  # random weights in the demo config (timing only; output meaningless)
+        checkpoint = make_tiny_checkpoint(
+            tempfile.mkdtemp(), args.arch, network=network_config(args.arch, base_channels=args.base_channels),
+            spacing_mm=(args.spacing,) * 3, patch_size=(DEMO_PATCH,) * 3,
+        )
+    elif args.tiny:
+        checkpoint = make_tiny_checkpoint(tempfile.mkdtemp())
     ct = phantom_ct()
     translator = Translator(checkpoint, TranslationSettings(steps=args.steps, device="cpu"))
     stamps: list[float] = []
     start = time.perf_counter()
     result = translator.translate(ct, SPACING, progress=lambda i, n: stamps.append(time.perf_counter()))
     total = time.perf_counter() - start
+    from ct2mri_node.training.evaluate import peak_memory  # after the run: its imports stay out of the peak
+
     steps = len(stamps)
     per_step = (stamps[-1] - start) / steps if steps else float("nan")
     overhead = total - per_step * steps
@@ -93,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"network evals    {result.network_evaluations} ({result.network_evaluations // max(steps, 1)} patches/step)")
     print(f"seconds/step     {per_step:.2f}")
     print(f"total seconds    {total:.1f} (pre/post-processing {overhead:.1f})")
-    print(f"peak RSS         {peak_rss_mib():.0f} MiB")
+    print(f"peak RSS         {peak_memory()['process_max_rss_bytes'] / 2**20:.0f} MiB")
     print(f"1000-step DDPM   {1000 * per_step + overhead:.0f} s at the same per-step cost "
           f"(x{(1000 * per_step + overhead) / total:.0f} slower)")
     print(f"target 120 s     {'met' if total <= 120 else 'MISSED'}")

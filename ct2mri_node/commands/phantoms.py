@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def _ct_series_writer() -> Callable[..., Any]:
     """``write_ct_series`` from the CT DICOM writer, imported only when ``--dicom`` asks for it."""
-    try:
-        module = importlib.import_module("ct2mri_node.training.ct_dicom")
-    except ModuleNotFoundError as exc:
-        raise DataError(
-            "--dicom needs ct2mri_node.training.ct_dicom (the CT series writer), which this "
-            "installation lacks; run without --dicom or update ct2mri-node"
-        ) from exc
-    return module.write_ct_series  # type: ignore[no-any-return]
+    from ..training.ct_dicom import write_ct_series
+
+    return write_ct_series
 
 
 def run(args: argparse.Namespace) -> int:

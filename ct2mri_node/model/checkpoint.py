@@ -21,6 +21,7 @@ from torch import nn
 from ..errors import CheckpointError
 from .diffusion import scheduler_config
 from .networks import ARCHITECTURES, build_network
+from .pre_post import IntensityMapping
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,7 @@ class ModelCard:
     scheduler: dict[str, Any] = field(default_factory=scheduler_config)
     spacing_mm: tuple[float, float, float] = (4.0, 4.0, 4.0)
     patch_size: tuple[int, int, int] = (32, 32, 32)
-    intensity: dict[str, Any] = field(default_factory=lambda: {
-        "ct": {"hu_min": -1024.0, "hu_max": 2000.0, "maps_to": [-1.0, 1.0], "method": "clip then linear"},
-        "mr": {"method": "per case, 1st/99th percentile inside the body mask -> [-1, 1], clipped"},
-    })
+    intensity: dict[str, Any] = field(default_factory=lambda: IntensityMapping().to_card())
     description: str = ""
     training_data: str = ""
     training_command: str = ""

@@ -23,9 +23,11 @@ enhancement"):
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -38,12 +40,30 @@ MAX_12BIT = 4095
 BODY_THRESHOLD_HU = -500.0
 
 
+#: How training normalises the MR (``intensity["mr"]`` of a model card; descriptive only).
+MR_NORMALISATION = "per case, 1st/99th percentile inside the body mask -> [-1, 1], clipped"
+
+
 @dataclass(frozen=True)
 class IntensityMapping:
     """Linear HU -> [-1, 1] mapping of the network input (stored in the checkpoint card)."""
 
     hu_min: float = -1024.0
     hu_max: float = 2000.0
+
+    @classmethod
+    def from_card(cls, intensity: Mapping[str, Any]) -> IntensityMapping:
+        """The CT mapping of a card's ``intensity`` section (the defaults for what it leaves out)."""
+        ct = intensity.get("ct", {})
+        return cls(float(ct.get("hu_min", cls.hu_min)), float(ct.get("hu_max", cls.hu_max)))
+
+    def to_card(self) -> dict[str, Any]:
+        """The card's ``intensity`` section for this mapping (keys in card.json order)."""
+        return {
+            "ct": {"hu_min": float(self.hu_min), "hu_max": float(self.hu_max), "maps_to": [-1.0, 1.0],
+                   "method": "clip then linear"},
+            "mr": {"method": MR_NORMALISATION},
+        }
 
     def normalise(self, hu: np.ndarray) -> np.ndarray:
         """Clip to [hu_min, hu_max] and map linearly to [-1, 1] (float32; any input in float32)."""
@@ -82,21 +102,6 @@ def _as_float32(plane: np.ndarray) -> np.ndarray:
     return np.asarray(plane, dtype=np.float32)
 
 
-class _Planes:
-    """Input slices made float32 by ``prepare`` on demand; the last two are kept (indices rise)."""
-
-    def __init__(self, arr: np.ndarray, prepare: Callable[[np.ndarray], np.ndarray]) -> None:
-        self._arr, self._prepare = arr, prepare
-        self._kept: dict[int, np.ndarray] = {}
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        if index not in self._kept:
-            if len(self._kept) >= 2:
-                del self._kept[min(self._kept)]
-            self._kept[index] = self._prepare(self._arr[index])
-        return self._kept[index]
-
-
 def resample(arr: np.ndarray, shape: tuple[int, ...],
              prepare: Callable[[np.ndarray], np.ndarray] = _as_float32) -> np.ndarray:
     """Resample a 3D array to ``shape`` in index space (float32), one output slice at a time.
@@ -110,16 +115,27 @@ def resample(arr: np.ndarray, shape: tuple[int, ...],
         raise InputError(f"resample needs a 3D array and a 3D shape, got {arr.shape} -> {shape}")
     size = int(shape[0])
     out = np.empty((size, int(shape[1]), int(shape[2])), dtype=np.float32)
-    planes = _Planes(arr, prepare)
+    # Input slices prepared on demand; the indices only rise, so the last two are all that is reused.
+    plane: Callable[[int], np.ndarray] = functools.lru_cache(maxsize=2)(lambda i: prepare(arr[i]))
     if arr.shape[0] == size:
         for z in range(size):
-            out[z] = _resample_plane(planes[z], out.shape[1:])
+            out[z] = _resample_plane(plane(z), out.shape[1:])
         return out
     lo, hi, w = _axis_weights(arr.shape[0], size)
     for z in range(size):
-        mixed = planes[int(lo[z])] * (1 - w[z]) + planes[int(hi[z])] * w[z]
+        mixed = plane(int(lo[z])) * (1 - w[z]) + plane(int(hi[z])) * w[z]
         out[z] = _resample_plane(mixed, out.shape[1:])
     return out
+
+
+def to_model_grid(ct_hu: np.ndarray, mask: np.ndarray, grid: tuple[int, ...],
+                  mapping: IntensityMapping) -> tuple[np.ndarray, np.ndarray]:
+    """The CT mapped to [-1, 1] and the body mask, both resampled to ``grid``.
+
+    One place for what inference (the translator) and training (``prepare_case``) feed the
+    network, so both see the same input; slice by slice, without whole-volume float32 copies.
+    """
+    return resample(ct_hu, grid, prepare=mapping.normalise), resample(mask, grid) > 0.5
 
 
 def _resample_plane(plane: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -186,7 +202,7 @@ def to_uint12(values: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, float, 
     """[0, 1] -> uint16 0..4095, zero outside ``mask``; plus a window (center, width)."""
     out = np.rint(np.clip(values, 0.0, 1.0) * MAX_12BIT).astype(np.uint16)
     out[~mask] = 0
-    lo, hi = robust_range(out.astype(np.float32), mask)
+    lo, hi = robust_range(out, mask)  # percentiles of uint16 equal those of its float32 copy
     lo, hi = max(lo, 0.0), min(hi, float(MAX_12BIT))
     width = max(hi - lo, 1.0)
     return out, (lo + hi) / 2.0, width

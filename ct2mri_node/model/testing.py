@@ -8,9 +8,11 @@ right type, shape and range, which is what tests of the CLI, pipeline and node n
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -40,9 +42,18 @@ def tiny_card(arch: str = "enhanced", seed: int = 0) -> ModelCard:
     )
 
 
-def make_tiny_checkpoint(directory: str | os.PathLike[str], arch: str = "enhanced", seed: int = 0) -> Path:
-    """Write a tiny seeded random checkpoint of ``arch`` into ``directory``; return the directory."""
+def make_tiny_checkpoint(directory: str | os.PathLike[str], arch: str = "enhanced", seed: int = 0, *,
+                         network: dict[str, Any] | None = None,
+                         spacing_mm: tuple[float, float, float] | None = None,
+                         patch_size: tuple[int, int, int] | None = None) -> Path:
+    """Write a tiny seeded random checkpoint of ``arch`` into ``directory``; return the directory.
+
+    ``network``, ``spacing_mm`` and ``patch_size`` replace the tiny card's, e.g. for a benchmark
+    that times a full-size design with random weights.
+    """
     card = tiny_card(arch, seed)
+    overrides = {"network": network, "spacing_mm": spacing_mm, "patch_size": patch_size}
+    card = dataclasses.replace(card, **{k: v for k, v in overrides.items() if v is not None})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         network = build_network(arch, card.network)

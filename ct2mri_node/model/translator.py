@@ -20,7 +20,7 @@ import torch
 from ..errors import InputError, ModelError
 from . import pre_post
 from .checkpoint import Checkpoint, load_checkpoint
-from .diffusion import sampling_plan
+from .diffusion import SamplingPlan, sampling_plan
 from .sampler import EvalCounter, WindowSpec, predict_regression, sample_diffusion
 
 log = logging.getLogger(__name__)
@@ -97,13 +97,15 @@ class Translator:
         card = self._ckpt.card
         self.model_info = ModelInfo(card.name, card.version, card.architecture, self._ckpt.weight_hash, card.description)
         self._device, self._autocast = resolve_device(settings.device)
+        # Built once (validating the settings early) and reused: MONAI's DDIM/DDPM ``step`` reads
+        # the scheduler's tables without changing them, so every translate starts from the same plan.
+        self._plan: SamplingPlan | None = None
         if card.architecture != "unet":
-            sampling_plan(card.scheduler, settings.sampler, settings.steps)  # validate settings early
+            self._plan = sampling_plan(card.scheduler, settings.sampler, settings.steps)
         if not 0.0 <= settings.overlap < 1.0 or settings.sw_batch_size < 1:
             raise ModelError("overlap must be in [0, 1) and sw_batch_size >= 1")
         self._network = self._ckpt.network.to(self._device)
-        ct_map = card.intensity.get("ct", {})
-        self._mapping = pre_post.IntensityMapping(float(ct_map.get("hu_min", -1024.0)), float(ct_map.get("hu_max", 2000.0)))
+        self._mapping = pre_post.IntensityMapping.from_card(card.intensity)
         log.info("model %s %s (%s) on %s", card.name, card.version, card.architecture, self._device)
 
     @property
@@ -128,8 +130,7 @@ class Translator:
             raise InputError(f"spacing must be three positive values in mm, got {spacing}")
         mask = pre_post.body_mask(ct_hu)
         grid = pre_post.model_shape(ct_hu.shape, tuple(spacing), self._ckpt.card.spacing_mm)
-        ct_model = pre_post.resample(ct_hu, grid, prepare=self._mapping.normalise)
-        mask_model = pre_post.resample(mask, grid) > 0.5
+        ct_model, mask_model = pre_post.to_model_grid(ct_hu, mask, grid, self._mapping)
         counter = EvalCounter()
         raw = self._sample(ct_model, counter, progress)
         if not np.isfinite(raw).all():
@@ -155,12 +156,11 @@ class Translator:
         spec = WindowSpec(card.patch_size, self.settings.overlap, self._batch(), self._device, self._autocast)
         ct = torch.from_numpy(ct_model)[None, None]
         try:
-            if card.architecture == "unet":
+            if self._plan is None:
                 out = predict_regression(self._network, ct, spec, counter, progress)
             else:
-                plan = sampling_plan(card.scheduler, self.settings.sampler, self.settings.steps)
                 generator = torch.Generator(device="cpu").manual_seed(self.settings.seed)
-                out = sample_diffusion(self._network, ct, plan, spec, generator, counter, progress)
+                out = sample_diffusion(self._network, ct, self._plan, spec, generator, counter, progress)
         except torch.cuda.OutOfMemoryError as exc:
             raise ModelError(f"out of GPU memory on {self.device}; lower sw_batch_size or use --device cpu") from exc
         return out[0, 0].numpy()

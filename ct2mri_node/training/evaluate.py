@@ -13,7 +13,6 @@ import logging
 import os
 import resource
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import DataError
+from ..fsutil import atomic_write
 from .metrics import NORMALISE_PERCENTILES, PSNR_CAP_DB, SSIM_BORDER, compare
 from .montage import write_case_montage
 from .pairs import PairedCase, list_cases, load_case
@@ -119,15 +119,14 @@ def evaluate(
 
 
 def write_report(report: dict[str, Any], path: str | Path) -> Path:
-    """Write the report as JSON atomically (temporary file, fsync, rename)."""
+    """Write the report as JSON durably (``fsutil.atomic_write``, mode 0600).
+
+    The text is built first, so a report that cannot be JSON (e.g. NaN) leaves no file behind.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        json.dump(report, tmp, indent=2, allow_nan=False)
-        tmp.write("\n")
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    os.replace(tmp.name, path)
+    text = json.dumps(report, indent=2, allow_nan=False) + "\n"
+    atomic_write(path, text.encode())
     return path
 
 

@@ -138,8 +138,10 @@ def _filter_axis(volume: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarr
     # A kernel wider than the axis needs repeated mirroring; np.pad "symmetric" handles it.
     length = volume.shape[axis]
     out = np.zeros_like(volume)
+    window: list[slice] = [slice(None)] * volume.ndim
     for k, w in enumerate(weights):
-        out += w * np.take(padded, np.arange(k, k + length), axis=axis)
+        window[axis] = slice(k, k + length)
+        out += w * padded[tuple(window)]  # a view: no copy of the padded volume per tap
     return out
 
 

@@ -81,9 +81,8 @@ def prepare_case(case: pairs.PairedCase, spacing_mm: float, mapping: pre_post.In
     """Resample a paired case to the model spacing and normalise CT and MR to [-1, 1]."""
     target = (spacing_mm,) * 3
     grid = pre_post.model_shape(case.ct.shape, case.spacing, target)
-    ct = pre_post.resample(mapping.normalise(case.ct), grid)
+    ct, mask = pre_post.to_model_grid(case.ct, case.mask, grid, mapping)
     mr = pre_post.resample(case.mr, grid)
-    mask = pre_post.resample(case.mask.astype(np.float32), grid) > 0.5
     mr = pre_post.normalise_global(mr, mask) * 2.0 - 1.0
     return PreparedCase(case.name, ct, mr.astype(np.float32), mask)
 
@@ -97,8 +96,9 @@ def load_prepared(data: Path, spacing_mm: float, mapping: pre_post.IntensityMapp
     return prepared
 
 
-def make_card(request: TrainRequest, settings: TrainSettings, outcome: TrainOutcome, n_cases: int) -> ModelCard:
-    """The model card for a finished run."""
+def make_card(request: TrainRequest, settings: TrainSettings, outcome: TrainOutcome, n_cases: int,
+              mapping: pre_post.IntensityMapping) -> ModelCard:
+    """The model card for a finished run (with the CT mapping the cases were prepared with)."""
     return ModelCard(
         name=request.name or f"ct2mri-{request.arch}-demo",
         version=VERSION,
@@ -107,6 +107,7 @@ def make_card(request: TrainRequest, settings: TrainSettings, outcome: TrainOutc
         scheduler=settings.scheduler,
         spacing_mm=(request.spacing_mm,) * 3,
         patch_size=(request.patch,) * 3,
+        intensity=mapping.to_card(),
         description=request.description,
         training_data=f"{n_cases} paired CT/MR cases from {request.data.name} (SynthRAD layout)",
         training_command=request.command,
@@ -129,5 +130,5 @@ def run_training(request: TrainRequest, cases: Sequence[PreparedCase] | None = N
         patch=request.patch, lr=request.lr, seed=request.seed, val_every=request.val_every,
     )
     outcome = train(cases, settings, request.out, on_step)
-    card = make_card(request, settings, outcome, len(cases))
+    card = make_card(request, settings, outcome, len(cases), mapping)
     return save_checkpoint(request.out, card, outcome.network), outcome
