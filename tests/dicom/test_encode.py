@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import subprocess
 import sys
 from pathlib import Path
@@ -14,27 +13,11 @@ from pydicom.dataset import Dataset
 
 from ct2mri_node.deliver.encode import EncodeOptions, encode_series
 from ct2mri_node.errors import ModelError
-from ct2mri_node.model.translator import ModelInfo, TranslationResult, TranslationSettings
-from ct2mri_node.training.ct_dicom import write_ct_series
-from ct2mri_node.volume.assemble import CTVolume, assemble, read_series
-from dicom_checks import assert_valid_datasets
+from ct2mri_node.volume.assemble import assemble
+from dicom_checks import MODEL, WHEN, assert_valid_datasets, ct_volume, translation_result
 
-MODEL = ModelInfo("ct2mri-test", "0.1.0", "enhanced", "ab" * 32, "a test model")
-WHEN = dt.datetime(2026, 2, 3, 4, 5, 6, tzinfo=dt.timezone.utc)
 CT_ONLY = ("KVP", "RescaleIntercept", "RescaleSlope", "RescaleType", "ConvolutionKernel",
            "ExposureTime", "XRayTubeCurrent", "Exposure", "CTDIvol")
-
-
-def _result(shape: tuple[int, ...], seed: int = 0) -> TranslationResult:
-    mr = np.random.default_rng(seed).integers(0, 4096, size=shape, dtype=np.uint16)
-    return TranslationResult(mr=mr, window_center=1500.0, window_width=3000.0, model=MODEL,
-                             settings=TranslationSettings(steps=7, seed=seed), device="cpu",
-                             network_evaluations=7, seconds=0.1)
-
-
-def _volume(tmp_path: Path, hu: np.ndarray, **kwargs: object) -> CTVolume:
-    paths = write_ct_series(hu, (2.5, 0.7, 0.9), tmp_path / "ct", shuffle_names=True, **kwargs)
-    return assemble(read_series(paths))
 
 
 def _code(item: Dataset) -> tuple[str, str, str]:
@@ -42,8 +25,8 @@ def _code(item: Dataset) -> tuple[str, str, str]:
 
 
 def test_profile(tmp_path: Path, hu: np.ndarray) -> None:
-    ct = _volume(tmp_path, hu, body_part="HEAD", patient_position="HFS")
-    result = _result(hu.shape)
+    ct = ct_volume(tmp_path, hu, body_part="HEAD", patient_position="HFS")
+    result = translation_result(hu.shape)
     out = encode_series(ct, result, EncodeOptions(contribution_datetime=WHEN))
     back = assert_valid_datasets(out, tmp_path / "mr")
     assert len(back) == len(ct.slices)
@@ -112,9 +95,9 @@ def test_profile(tmp_path: Path, hu: np.ndarray) -> None:
 ])
 def test_patient_and_study_bytes_are_copied(tmp_path: Path, hu: np.ndarray, name: str,
                                             charset: object) -> None:
-    ct = _volume(tmp_path, hu, patient_name=name, character_set=charset,
+    ct = ct_volume(tmp_path, hu, patient_name=name, character_set=charset,
                  study_description="Kopf Untersuchung äöü" if charset != ["", "ISO 2022 IR 87"] else "頭部")
-    out = encode_series(ct, _result(hu.shape), EncodeOptions(contribution_datetime=WHEN))
+    out = encode_series(ct, translation_result(hu.shape), EncodeOptions(contribution_datetime=WHEN))
     assert_valid_datasets(out[:1], tmp_path / "mr")
     mr_file, ct_file = tmp_path / "mr" / "check00000.dcm", next((tmp_path / "ct").iterdir())
     mr, src = pydicom.dcmread(mr_file), pydicom.dcmread(ct_file)
@@ -125,27 +108,27 @@ def test_patient_and_study_bytes_are_copied(tmp_path: Path, hu: np.ndarray, name
 
 
 def test_lossy_source_and_watermark_option(tmp_path: Path, hu: np.ndarray) -> None:
-    ct = _volume(tmp_path, hu)
+    ct = ct_volume(tmp_path, hu)
     ct.lossy, ct.lossy_methods = True, ("ISO_10918_1",)
-    (ds,) = encode_series(ct, _result(hu.shape), EncodeOptions(burned_in_watermark=True))[:1]
+    (ds,) = encode_series(ct, translation_result(hu.shape), EncodeOptions(burned_in_watermark=True))[:1]
     assert ds.LossyImageCompression == "01" and ds.LossyImageCompressionMethod == "ISO_10918_1"
     assert ds.BurnedInAnnotation == "YES"
 
 
 def test_same_inputs_same_uids_and_new_uids_for_new_settings(tmp_path: Path, hu: np.ndarray) -> None:
-    ct = _volume(tmp_path, hu)
-    a = encode_series(ct, _result(hu.shape))
-    b = encode_series(ct, _result(hu.shape))
-    c = encode_series(ct, _result(hu.shape, seed=1))
+    ct = ct_volume(tmp_path, hu)
+    a = encode_series(ct, translation_result(hu.shape))
+    b = encode_series(ct, translation_result(hu.shape))
+    c = encode_series(ct, translation_result(hu.shape, seed=1))
     assert [d.SOPInstanceUID for d in a] == [d.SOPInstanceUID for d in b]
     assert a[0].SeriesInstanceUID != c[0].SeriesInstanceUID
 
 
 def test_result_off_the_grid_is_refused(tmp_path: Path, hu: np.ndarray) -> None:
-    ct = _volume(tmp_path, hu)
+    ct = ct_volume(tmp_path, hu)
     with pytest.raises(ModelError, match="grid"):
-        encode_series(ct, _result((hu.shape[0], 8, 8)))
-    bad = _result(hu.shape)
+        encode_series(ct, translation_result((hu.shape[0], 8, 8)))
+    bad = translation_result(hu.shape)
     bad.mr = bad.mr.astype(np.uint16) | np.uint16(4096)
     with pytest.raises(ModelError, match="0..4095"):
         encode_series(ct, bad)
@@ -174,7 +157,7 @@ def test_legacy_converted_multiframe_source(tmp_path: Path, hu: np.ndarray) -> N
         instance_number=1)
     ct = assemble([multi])
     assert np.array_equal(ct.hu, np.rint(hu))
-    out = assert_valid_datasets(encode_series(ct, _result(hu.shape)), tmp_path / "mr")
+    out = assert_valid_datasets(encode_series(ct, translation_result(hu.shape)), tmp_path / "mr")
     refs = [(d.SourceImageSequence[0].ReferencedSOPInstanceUID,
              int(d.SourceImageSequence[0].ReferencedFrameNumber)) for d in out]
     assert {uid for uid, _ in refs} == {"1.2.3.4.1"}

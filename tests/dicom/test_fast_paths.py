@@ -7,7 +7,6 @@ durable batched write.
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import os
 from pathlib import Path
@@ -23,28 +22,12 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, RLELos
 from ct2mri_node.deliver.encode import EncodeOptions, FileEncoder, encode_series
 from ct2mri_node.errors import SeriesRejected
 from ct2mri_node.jobs.pipeline import write_series
-from ct2mri_node.model.translator import ModelInfo, TranslationResult, TranslationSettings
 from ct2mri_node.training.ct_dicom import ct_series_datasets, write_ct_series
-from ct2mri_node.volume.assemble import CTVolume, assemble, read_series
+from ct2mri_node.volume.assemble import assemble, read_series
 from ct2mri_node.volume.frames import pixels_deferred
-from dicom_checks import phantom_hu
+from dicom_checks import SPACING, WHEN, ct_volume, phantom_hu, translation_result
 
-SPACING = (2.5, 0.7, 0.9)
-WHEN = dt.datetime(2026, 2, 3, 4, 5, 6, tzinfo=dt.timezone.utc)
-MODEL = ModelInfo("ct2mri-test", "0.1.0", "enhanced", "ab" * 32, "a test model")
 DEFER = 256  # bytes: the tiny test slices' pixels (640 bytes) stay in their files
-
-
-def _result(shape: tuple[int, ...]) -> TranslationResult:
-    mr = np.random.default_rng(0).integers(0, 4096, size=shape, dtype=np.uint16)
-    return TranslationResult(mr=mr, window_center=1500.0, window_width=3000.0, model=MODEL,
-                             settings=TranslationSettings(steps=3), device="cpu",
-                             network_evaluations=3, seconds=0.1)
-
-
-def _volume(tmp_path: Path, hu: np.ndarray, **kwargs: object) -> CTVolume:
-    paths = write_ct_series(hu, SPACING, tmp_path / "ct", shuffle_names=True, **kwargs)
-    return assemble(read_series(paths, defer_size_bytes=DEFER))
 
 
 @pytest.mark.parametrize("syntax", [None, RLELossless, JPEG2000Lossless,
@@ -77,8 +60,8 @@ def test_file_changed_after_reading_is_refused(tmp_path: Path, hu: np.ndarray) -
 
 
 def test_instances_do_not_share_what_a_caller_may_change(tmp_path: Path, hu: np.ndarray) -> None:
-    ct = _volume(tmp_path, hu)
-    first, second = encode_series(ct, _result(hu.shape))[:2]
+    ct = ct_volume(tmp_path, hu, defer_size_bytes=DEFER)
+    first, second = encode_series(ct, translation_result(hu.shape, steps=3))[:2]
     first.SeriesDescription = "changed"
     first.ImageType[2] = "CHANGED"
     assert second.SeriesDescription.startswith("SYNTHETIC MR")
@@ -93,9 +76,9 @@ def test_instances_do_not_share_what_a_caller_may_change(tmp_path: Path, hu: np.
 ])
 def test_file_encoder_writes_the_bytes_of_save_as(tmp_path: Path, hu: np.ndarray, name: str,
                                                   charset: object) -> None:
-    ct = _volume(tmp_path, hu, patient_name=name, character_set=charset)
+    ct = ct_volume(tmp_path, hu, defer_size_bytes=DEFER, patient_name=name, character_set=charset)
     encoder = FileEncoder()
-    for ds in encode_series(ct, _result(hu.shape), EncodeOptions(contribution_datetime=WHEN)):
+    for ds in encode_series(ct, translation_result(hu.shape, steps=3), EncodeOptions(contribution_datetime=WHEN)):
         expected = io.BytesIO()
         ds.save_as(expected, enforce_file_format=True)
         assert encoder.encode(ds) == expected.getvalue()
@@ -111,8 +94,8 @@ def test_file_encoder_falls_back_for_datasets_read_from_files(tmp_path: Path,
 
 
 def test_write_series_files_read_back_and_no_temporaries(tmp_path: Path, hu: np.ndarray) -> None:
-    ct = _volume(tmp_path, hu)
-    result = _result(hu.shape)
+    ct = ct_volume(tmp_path, hu, defer_size_bytes=DEFER)
+    result = translation_result(hu.shape, steps=3)
     paths = write_series(encode_series(ct, result), tmp_path / "mr")
     assert sorted(tmp_path.joinpath("mr").iterdir()) == sorted(paths)
     for k, path in enumerate(sorted(paths)):
@@ -122,8 +105,8 @@ def test_write_series_files_read_back_and_no_temporaries(tmp_path: Path, hu: np.
 
 
 def test_write_series_failure_leaves_no_files(tmp_path: Path, hu: np.ndarray) -> None:
-    ct = _volume(tmp_path, hu)
-    datasets = encode_series(ct, _result(hu.shape))
+    ct = ct_volume(tmp_path, hu, defer_size_bytes=DEFER)
+    datasets = encode_series(ct, translation_result(hu.shape, steps=3))
     broken = Dataset()
     broken.update(datasets[4])
     broken.file_meta = FileMetaDataset()  # no transfer syntax: pydicom cannot write it

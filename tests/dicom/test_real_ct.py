@@ -44,7 +44,6 @@ from pydicom.uid import (
 
 from ct2mri_node.errors import SeriesRejected
 from ct2mri_node.jobs.pipeline import PipelineResult, run_pipeline, write_series
-from ct2mri_node.model.testing import make_tiny_checkpoint
 from ct2mri_node.model.translator import TranslationSettings, Translator
 from ct2mri_node.training.ct_dicom import ct_series_datasets, encode_transfer_syntax, write_datasets
 from ct2mri_node.volume.assemble import read_series
@@ -139,17 +138,7 @@ CASES = {
 }
 
 
-SETTINGS = TranslationSettings(steps=2, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(scope="module")
-def translator(checkpoint: Path) -> Translator:
-    return Translator(checkpoint, SETTINGS)
+SETTINGS = TranslationSettings(steps=2, device="cpu")   # the session ``translator``'s (tests/conftest.py)
 
 
 # --- building the input ------------------------------------------------------------------------
@@ -352,12 +341,12 @@ def test_lossy_syntaxes_the_node_does_not_decode_are_refused_clearly(
     assert "JPEG Extended" in str(info.value) and "lossless syntax" in str(info.value)
 
 
-def test_same_series_twice_gives_the_same_objects(tmp_path: Path, checkpoint: Path,
+def test_same_series_twice_gives_the_same_objects(tmp_path: Path, tiny_checkpoint: Path,
                                                   translator: Translator) -> None:
     """Another arrival order and a freshly loaded model: identical UIDs, pixels and references."""
     paths = _write_case(CASES["jpeg-process14-dcmtk"], tmp_path / "ct")
     first = run_pipeline(read_series(paths), translator).datasets
-    second = run_pipeline(read_series(list(reversed(paths))), Translator(checkpoint, SETTINGS)).datasets
+    second = run_pipeline(read_series(list(reversed(paths))), Translator(tiny_checkpoint, SETTINGS)).datasets
     assert [d.SOPInstanceUID for d in first] == [d.SOPInstanceUID for d in second]
     assert len({d.SeriesInstanceUID for d in first + second}) == 1
     for a, b in zip(first, second, strict=True):

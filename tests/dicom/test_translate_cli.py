@@ -10,7 +10,6 @@ import numpy as np
 import pydicom
 import pytest
 
-from ct2mri_node.model.testing import make_tiny_checkpoint
 from ct2mri_node.training.ct_dicom import ct_series_datasets, write_ct_series, write_datasets
 from dicom_checks import assert_valid_files, phantom_hu
 
@@ -20,11 +19,6 @@ SPACING = (3.0, 2.0, 2.0)
 def _translate(*args: object) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "ct2mri_node", "translate", *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +33,10 @@ def _read(folder: Path) -> list[pydicom.Dataset]:
     return sorted((pydicom.dcmread(p) for p in folder.glob("*.dcm")), key=lambda d: d.InstanceNumber)
 
 
-def test_translate_writes_mr_on_the_ct_grid(tmp_path: Path, checkpoint: Path, ct_dir: Path) -> None:
+def test_translate_writes_mr_on_the_ct_grid(tmp_path: Path, tiny_checkpoint: Path, ct_dir: Path) -> None:
     first, second = tmp_path / "mr1", tmp_path / "mr2"
     for out in (first, second):
-        proc = _translate("--input", ct_dir, "--output", out, "--checkpoint", checkpoint,
+        proc = _translate("--input", ct_dir, "--output", out, "--checkpoint", tiny_checkpoint,
                           "--steps", 2, "--device", "cpu")
         assert proc.returncode == 0, proc.stderr
     assert "synthetic MR series 2.25." in proc.stdout and "20 instances" in proc.stdout
@@ -66,15 +60,15 @@ def test_translate_writes_mr_on_the_ct_grid(tmp_path: Path, checkpoint: Path, ct
     assert all(np.array_equal(a.pixel_array, b.pixel_array) for a, b in zip(mr, again, strict=True))
 
 
-def test_unusable_input_exits_non_zero_with_a_message(tmp_path: Path, checkpoint: Path) -> None:
+def test_unusable_input_exits_non_zero_with_a_message(tmp_path: Path, tiny_checkpoint: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    proc = _translate("--input", empty, "--output", tmp_path / "o1", "--checkpoint", checkpoint)
+    proc = _translate("--input", empty, "--output", tmp_path / "o1", "--checkpoint", tiny_checkpoint)
     assert proc.returncode == 3 and "is empty" in proc.stderr
     datasets = ct_series_datasets(phantom_hu(12, 16, 16), SPACING)
     del datasets[5]
     write_datasets(datasets, tmp_path / "gap")
-    proc = _translate("--input", tmp_path / "gap", "--output", tmp_path / "o2", "--checkpoint", checkpoint)
+    proc = _translate("--input", tmp_path / "gap", "--output", tmp_path / "o2", "--checkpoint", tiny_checkpoint)
     assert proc.returncode == 3 and "slice(s) missing" in proc.stderr
     assert not (tmp_path / "o2").exists()
 

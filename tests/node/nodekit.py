@@ -1,16 +1,24 @@
-"""Helpers for the node tests: free ports, small CT series, a capture SCP, configs."""
+"""Helpers for the node tests (and the reliability, operations and scale-out tests): free
+ports, small CT series, a capture SCP, configs, a C-STORE sender, polling, the CLI."""
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pydicom
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
 from pynetdicom import AE, evt
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification  # type: ignore[attr-defined]
@@ -19,6 +27,9 @@ from ct2mri_node.config import NodeConfig, parse_config
 from ct2mri_node.jobs.store import Job
 from ct2mri_node.node import Node
 from ct2mri_node.training.ct_dicom import write_ct_series
+
+#: ``ct2mri-node`` as a subprocess, with this interpreter.
+CLI = [sys.executable, "-m", "ct2mri_node"]
 
 
 def free_port() -> int:
@@ -100,27 +111,96 @@ def node_config_data(**overrides: Any) -> dict[str, Any]:
     return data
 
 
-def send(port: int, paths: list[Path], calling: str = "PACS", syntax: str = ExplicitVRLittleEndian) -> None:
-    """C-STORE ``paths`` to the node over one association; every status must be success."""
+def write_config_file(tmp_path: Path, **overrides: Any) -> Path:
+    """:func:`node_config_data` with ``overrides`` as ``tmp_path/node.yaml`` (for the CLI and serve).
+
+    Overrides replace whole top-level keys; ``{}`` for a section means the schema's defaults.
+    """
+    path = tmp_path / "node.yaml"
+    path.write_text(yaml.safe_dump(node_config_data(**overrides)), encoding="utf-8")
+    return path
+
+
+def scu(calling: str = "PACS", syntax: str = ExplicitVRLittleEndian) -> AE:
+    """A CT storage SCU (one transfer syntax) that also echoes."""
     ae = AE(ae_title=calling)
     ae.add_requested_context(CTImageStorage, [syntax])
-    assoc = ae.associate("127.0.0.1", port, ae_title="CT2MRI")
-    assert assoc.is_established
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    return ae
+
+
+def store(port: int, items: Sequence[Any], calling: str = "PACS", called: str = "CT2MRI",
+          syntax: str = ExplicitVRLittleEndian, **kw: Any) -> list[int]:
+    """C-STORE ``items`` (paths or datasets) on one association; the statuses (-1: no response)."""
+    assoc = scu(calling, syntax).associate("127.0.0.1", port, ae_title=called, **kw)
+    if not assoc.is_established:
+        raise ConnectionError("association not established")
+    statuses: list[int] = []
     try:
-        assert [int(assoc.send_c_store(p).Status) for p in paths] == [0] * len(paths)
+        for item in items:
+            statuses.append(int(getattr(assoc.send_c_store(item), "Status", -1)))
+            if statuses[-1] == -1 or not assoc.is_established:   # aborted: stop like a real sender
+                break
+        return statuses
     finally:
-        assoc.release()
+        if assoc.is_established:
+            assoc.release()
 
 
-def wait_for(predicate: Callable[[], Any], timeout_s: float = 60.0) -> Any:
-    """Poll ``predicate`` until it returns something truthy (that value), or fail."""
+def send(port: int, paths: list[Path], calling: str = "PACS", syntax: str = ExplicitVRLittleEndian) -> None:
+    """C-STORE ``paths`` to the node over one association; every status must be success."""
+    assert store(port, paths, calling, syntax=syntax) == [0] * len(paths)
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float = 60.0, every_s: float = 0.05) -> Any:
+    """Poll until ``predicate()`` is truthy (that value); AssertionError after ``timeout_s``."""
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
         value = predicate()
         if value:
             return value
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting")
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting")
+
+
+def status_json(config: Path) -> list[dict[str, Any]]:
+    """``ct2mri-node status --json`` run as a person would run it; it must exit 0."""
+    done = subprocess.run([*CLI, "status", "--json", "--config", str(config)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    return list(json.loads(done.stdout))
+
+
+def http_get(port: int, path: str) -> tuple[int, bytes]:
+    """(status, body) of a GET on the node's loopback HTTP server; HTTP errors are answers too."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as rsp:
+            return rsp.status, rsp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every metric sample as {(name, sorted labels): value}."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text) for s in family.samples
+    }
+
+
+class RecordingSink:
+    """A completion sink that records the series it is told about (what the job store would get)."""
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+        self.complete: list[str] = []
+
+    def series_received(self, series_uid: str, study_uid: str) -> None:
+        self.received.append(series_uid)
+
+    def series_complete(self, series_uid: str, study_uid: str, last_instance_at: float) -> None:
+        self.complete.append(series_uid)
 
 
 def jobs_in(node: Node, *states: str) -> list[Job]:

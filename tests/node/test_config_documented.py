@@ -1,4 +1,5 @@
-"""The embedded default config loads, and its commented block documents every key of the schema."""
+"""The embedded default config's commented block documents every key of the schema (that the
+default loads is tests/node/test_config.py's test_embedded_default_is_valid)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from ct2mri_node.config import DEFAULT_CONFIG_PATH, NodeConfig, load_config, parse_config
+from ct2mri_node.config import DEFAULT_CONFIG_PATH, NodeConfig, parse_config
 
 BEGIN, END = "# --- every key", "# --- end ---"
 
@@ -50,11 +51,6 @@ def _data_keys(data: Any, prefix: str = "") -> set[str]:
                 keys.add(prefix + name)
                 keys |= _data_keys(value, f"{prefix}{name}.")
     return keys
-
-
-def test_default_config_loads() -> None:
-    config = load_config(DEFAULT_CONFIG_PATH)
-    assert config.destinations and config.model.checkpoint == "bundled"
 
 
 def test_commented_block_is_valid_and_lists_every_key(tmp_path: Path) -> None:

@@ -3,29 +3,16 @@
 
 from __future__ import annotations
 
-import json
 import struct
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
-import yaml
-from nodekit import jobs_in, make_ct_series, node_config, node_config_data, send, wait_for
+from nodekit import jobs_in, make_ct_series, node_config, send, status_json, wait_for, write_config_file
 from pydicom.uid import JPEGLSNearLossless
 
 from ct2mri_node.config import NodeConfig, load_config
 from ct2mri_node.node import Node
-
-
-def _status_json(config_file: Path) -> list[dict[str, object]]:
-    """``ct2mri-node status --json`` run as a person would run it."""
-    done = subprocess.run([sys.executable, "-m", "ct2mri_node", "status", "--json", "--config", str(config_file)],
-                          capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr
-    jobs: list[dict[str, object]] = json.loads(done.stdout)
-    return jobs
 
 
 def _spooled_name(path: Path) -> str:
@@ -47,13 +34,12 @@ def test_refused_series_fail_with_their_reason_in_status_json(
 ) -> None:
     """A missing slice, too many slices for series.max_slices and an undecodable header:
     three failed jobs whose reasons (code and message) `status --json` shows."""
-    data = node_config_data(
+    config_file = write_config_file(
+        tmp_path,
         spool_dir=str(tmp_path / "spool"),
         series={"quiet_period_s": 0.3, "min_slices": 8, "max_slices": 11, "restart_hold_s": 0},
         destinations=[{"name": "local", "type": "folder", "path": str(tmp_path / "outbox")}],
     )
-    config_file = tmp_path / "node.yaml"
-    config_file.write_text(yaml.safe_dump(data), encoding="utf-8")
     node = start_node(load_config(config_file))
     gap = make_ct_series(tmp_path / "gap", seed=21, slices=10)
     send(node.port, gap[:4] + gap[5:])
@@ -63,7 +49,7 @@ def test_refused_series_fail_with_their_reason_in_status_json(
     _break_modality_vr(broken[3])
     send(node.port, broken)
     wait_for(lambda: len(jobs_in(node, "done", "failed")) == 3, 60)
-    reasons = {str(j["series_uid"]): str(j["reason"]) for j in _status_json(config_file) if j["state"] == "failed"}
+    reasons = {str(j["series_uid"]): str(j["reason"]) for j in status_json(config_file) if j["state"] == "failed"}
     series = {name: str(pydicom.dcmread(paths[0]).SeriesInstanceUID)
               for name, paths in (("gap", gap), ("broken", broken))}
     assert len(reasons) == 3

@@ -2,61 +2,34 @@
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import yaml
-from nodekit import free_port, make_ct_series
-
-from ct2mri_node.model.testing import make_tiny_checkpoint
-
-CLI = [sys.executable, "-m", "ct2mri_node"]
+from nodekit import CLI, free_port, make_ct_series, status_json, write_config_file
+from relkit import Serve
 
 
-def _config(tmp_path: Path, port: int) -> Path:
-    ckpt = make_tiny_checkpoint(tmp_path / "ckpt")
-    data = {
-        "node": {"ae_title": "CT2MRI", "port": port, "bind_address": "127.0.0.1"},
-        "calling_aes": [{"ae_title": "PACS"}],
-        "destinations": [{"name": "local", "type": "folder", "path": "outbox"}],
-        "spool_dir": "spool",
-        "series": {"quiet_period_s": 0.5},
-        "model": {"checkpoint": str(ckpt), "device": "cpu", "steps": 2},
-    }
-    path = tmp_path / "node.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def _wait_for_line(proc: subprocess.Popen[str], text: str, timeout_s: float = 60) -> str:
-    end = time.monotonic() + timeout_s
-    assert proc.stdout is not None
-    while time.monotonic() < end:
-        line = proc.stdout.readline()
-        if text in line:
-            return line
-        if proc.poll() is not None:
-            break
-    raise AssertionError(f"serve never printed {text!r}; exit code {proc.poll()}")
-
-
-def test_serve_subprocess(tmp_path: Path) -> None:
+def test_serve_subprocess(tmp_path: Path, tiny_checkpoint: Path) -> None:
     port = free_port()
-    config = _config(tmp_path, port)
+    config = write_config_file(
+        tmp_path,
+        node={"ae_title": "CT2MRI", "port": port, "bind_address": "127.0.0.1"},
+        calling_aes=[{"ae_title": "PACS"}],
+        destinations=[{"name": "local", "type": "folder", "path": "outbox"}],
+        series={"quiet_period_s": 0.5},
+        model={"checkpoint": str(tiny_checkpoint), "device": "cpu", "steps": 2},
+        worker={},                      # the schema's retry and poll defaults
+    )
     ct_dir = tmp_path / "ct"
     make_ct_series(ct_dir, seed=11)
     env = {**os.environ, "TCP_NODELAY": "1"}
-    proc = subprocess.Popen(
-        [*CLI, "serve", "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env=env,
-    )
+    log = tmp_path / "serve.log"
+    serve = Serve(config, log)
     try:
-        _wait_for_line(proc, "listening")
+        serve.wait_listening(60)
         echo = subprocess.run(["echoscu", "-aet", "PACS", "-aec", "CT2MRI", "127.0.0.1", str(port)],
                               capture_output=True, text=True, timeout=30)
         assert echo.returncode == 0, echo.stderr
@@ -69,10 +42,7 @@ def test_serve_subprocess(tmp_path: Path) -> None:
         end = time.monotonic() + 90
         jobs: list[dict[str, object]] = []
         while time.monotonic() < end:
-            status = subprocess.run([*CLI, "status", "--json", "--config", str(config)],
-                                    capture_output=True, text=True, timeout=60)
-            assert status.returncode == 0, status.stderr
-            jobs = json.loads(status.stdout)
+            jobs = status_json(config)
             if jobs and jobs[0]["state"] in ("done", "failed"):
                 break
             time.sleep(0.3)
@@ -86,13 +56,9 @@ def test_serve_subprocess(tmp_path: Path) -> None:
         missing = subprocess.run([*CLI, "retry", "42", "--config", str(config)], capture_output=True, text=True, timeout=60)
         assert missing.returncode != 0 and "no job 42" in missing.stderr
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            _, stderr = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-    assert proc.returncode == 0, stderr
+        code = serve.stop()             # SIGTERM, then the exit code
+    stderr = log.read_text()
+    assert code == 0, stderr
     assert "rejected association from calling AE 'INTRUDER'" in stderr
 
 

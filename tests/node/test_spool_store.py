@@ -7,13 +7,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from nodekit import RecordingSink, make_ct_series
 
 from ct2mri_node.errors import JobError, SpoolError
 from ct2mri_node.jobs.store import JobStore
 from ct2mri_node.receive.completion import CompletionWatcher
 from ct2mri_node.receive.spool import InstanceHeader, Spool, StoreOutcome, is_valid_uid, read_header
-
-from nodekit import make_ct_series
 
 HEADER = InstanceHeader("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5", "1.2.3.4", "1.2.3")
 
@@ -92,21 +91,9 @@ def test_read_header_of_a_real_file(tmp_path: Path) -> None:
         read_header(tmp_path / "ct" / "missing.dcm")
 
 
-class _Sink:
-    def __init__(self) -> None:
-        self.received: list[str] = []
-        self.complete: list[str] = []
-
-    def series_received(self, series_uid: str, study_uid: str) -> None:
-        self.received.append(series_uid)
-
-    def series_complete(self, series_uid: str, study_uid: str, last_instance_at: float) -> None:
-        self.complete.append(series_uid)
-
-
 def test_completion_waits_for_release_and_quiet_period() -> None:
     now = [0.0]
-    sink = _Sink()
+    sink = RecordingSink()
     watcher = CompletionWatcher(sink, quiet_period_s=2.0, clock=lambda: now[0])
     watcher.instance_received("1.1", "1", association=1)
     watcher.instance_received("1.1", "1", association=2)   # second association, same series

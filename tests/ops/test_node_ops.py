@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pydicom
-import pytest
-import yaml
-from nodekit import CaptureSCP, make_ct_series, send, wait_for
+from nodekit import CaptureSCP, http_get, make_ct_series, samples, send, status_json, wait_for, write_config_file
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 
 from ct2mri_node.config import load_config
 from ct2mri_node.model.translator import Translator
@@ -23,43 +16,15 @@ from ct2mri_node.node import Node
 from ct2mri_node.ops.preview import preview_path
 
 
-def http_get(port: int, path: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as rsp:
-            return rsp.status, rsp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every metric sample as {(name, sorted labels): value}."""
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text) for s in family.samples
-    }
-
-
 def write_config(tmp_path: Path, capture: CaptureSCP, qa_preview: bool = True) -> Path:
-    data = {
-        "node": {"ae_title": "CT2MRI", "port": 0, "bind_address": "127.0.0.1"},
-        "destinations": [capture.destination(), {"name": "local", "type": "folder", "path": "outbox"}],
-        "spool_dir": "spool",
-        "series": {"quiet_period_s": 0.3, "min_slices": 8},
-        "model": {"checkpoint": "bundled", "device": "cpu", "steps": 2},
-        "worker": {"max_attempts": 2, "backoff_initial_s": 0.2, "backoff_max_s": 0.5, "poll_interval_s": 0.1},
-        "ops": {"http_port": 0, "qa_preview": qa_preview, "echo_timeout_s": 2},
-    }
-    path = tmp_path / "node.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def status_json(config: Path) -> list[dict[str, Any]]:
-    out = subprocess.run(
-        [sys.executable, "-m", "ct2mri_node", "status", "--json", "--config", str(config)],
-        capture_output=True, text=True, timeout=120, check=True,
+    """The node's config file: the capture SCP and a folder, short completion and retries, ops on."""
+    return write_config_file(
+        tmp_path,
+        destinations=[capture.destination(), {"name": "local", "type": "folder", "path": "outbox"}],
+        series={"quiet_period_s": 0.3, "min_slices": 8},
+        worker={"max_attempts": 2, "backoff_initial_s": 0.2, "backoff_max_s": 0.5, "poll_interval_s": 0.1},
+        ops={"http_port": 0, "qa_preview": qa_preview, "echo_timeout_s": 2},
     )
-    return list(json.loads(out.stdout))
 
 
 def test_metrics_health_provenance_preview_and_restart(
@@ -139,9 +104,8 @@ def check_provenance(report: list[dict[str, Any]], ct: list[Path], capture: Capt
         assert result["last_ct_to_confirmed_s"] > 0
 
 
-@pytest.mark.parametrize("qa_preview", [False])
-def test_no_preview_unless_asked(translator: Translator, capture: CaptureSCP, tmp_path: Path, qa_preview: bool) -> None:
-    config = load_config(write_config(tmp_path, capture, qa_preview))
+def test_no_preview_unless_asked(translator: Translator, capture: CaptureSCP, tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, capture, qa_preview=False))
     config = config.model_copy(update={"ops": config.ops.model_copy(update={"http_port": None})})
     node = Node(config, translator=translator)
     node.start()

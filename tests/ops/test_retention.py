@@ -5,20 +5,16 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from nodekit import free_port, make_ct_series, node_config, send, wait_for
-from test_node_ops import http_get, samples
+from nodekit import CLI, free_port, http_get, make_ct_series, node_config, samples, send, wait_for, write_config_file
+from relkit import Serve
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "reliability"))   # relkit: serve subprocesses
-from relkit import Serve  # noqa: E402
-
-from ct2mri_node.config import RetentionSettings  # noqa: E402
+from ct2mri_node.config import RetentionSettings
 from ct2mri_node.errors import ConfigError, JobError
 from ct2mri_node.jobs.store import JobStore, PurgeCandidate
 from ct2mri_node.model.translator import Translator
@@ -29,7 +25,6 @@ from ct2mri_node.receive.spool import InstanceHeader, Spool, StoreOutcome
 CT = "1.2.840.10008.5.1.4.1.1.2"
 STUDY = "1.2.3"
 HOUR = 3600.0
-CLI = [sys.executable, "-m", "ct2mri_node"]
 
 
 def row(job_id: int, series: str, state: str, finished_hours_ago: float | None, now: float) -> PurgeCandidate:
@@ -237,15 +232,14 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_purge_command_dry_run_purge_and_refusal_beside_a_node(tiny_checkpoint: Path, tmp_path: Path) -> None:
     port = free_port()
-    data = {
-        "node": {"ae_title": "CT2MRI", "port": port, "bind_address": "127.0.0.1"},
-        "destinations": [{"name": "local", "type": "folder", "path": "outbox"}],
-        "spool_dir": "spool",
-        "model": {"checkpoint": str(tiny_checkpoint), "device": "cpu", "steps": 2},
-        "retention": {"delivered_hours": 0.0001},      # 0.36 s
-    }
-    config = tmp_path / "node.yaml"
-    config.write_text(yaml.safe_dump(data))
+    config = write_config_file(
+        tmp_path,
+        node={"ae_title": "CT2MRI", "port": port, "bind_address": "127.0.0.1"},
+        destinations=[{"name": "local", "type": "folder", "path": "outbox"}],
+        model={"checkpoint": str(tiny_checkpoint), "device": "cpu", "steps": 2},
+        retention={"delivered_hours": 0.0001},      # 0.36 s
+        series={}, worker={},                       # the schema's defaults
+    )
     spool = Spool(tmp_path / "spool")
     spool.create()
     store = JobStore(spool.db_path)

@@ -1,61 +1,20 @@
 """Helpers for the reliability tests and benchmarks: serve subprocesses, stubborn senders,
-expected output UIDs, test certificates."""
+expected output UIDs, test certificates (C-STORE, polling and configs come from nodekit)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import os
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pydicom
-import yaml
+from nodekit import CLI, store, write_config_file
+from nodekit import wait_for  # noqa: F401 (re-exported: the benchmarks import it from here)
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
-
-CLI = [sys.executable, "-m", "ct2mri_node"]
-
-
-def wait_for(predicate: Callable[[], Any], timeout_s: float = 60.0, every_s: float = 0.05) -> Any:
-    """Poll until ``predicate()`` is truthy; AssertionError after ``timeout_s``."""
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s} s waiting")
-
-
-def scu(calling: str = "PACS") -> AE:
-    """A CT storage SCU (Explicit VR Little Endian) that also echoes."""
-    ae = AE(ae_title=calling)
-    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
-    ae.add_requested_context(Verification)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
-    return ae
-
-
-def store(port: int, items: Sequence[Any], calling: str = "PACS", called: str = "CT2MRI", **kw: Any) -> list[int]:
-    """C-STORE ``items`` (paths or datasets) on one association; the statuses (-1: no response)."""
-    assoc = scu(calling).associate("127.0.0.1", port, ae_title=called, **kw)
-    if not assoc.is_established:
-        raise ConnectionError("association not established")
-    statuses: list[int] = []
-    try:
-        for item in items:
-            statuses.append(int(getattr(assoc.send_c_store(item), "Status", -1)))
-            if statuses[-1] == -1 or not assoc.is_established:   # aborted: stop like a real sender
-                break
-        return statuses
-    finally:
-        if assoc.is_established:
-            assoc.release()
 
 
 def send_until_acked(port: int, paths: Sequence[Path], timeout_s: float = 120.0) -> int:
@@ -77,21 +36,19 @@ def send_until_acked(port: int, paths: Sequence[Path], timeout_s: float = 120.0)
 
 
 def write_config(tmp_path: Path, port: int, checkpoint: Path, **overrides: Any) -> Path:
-    """A YAML config for ``ct2mri-node serve`` on loopback with the tiny checkpoint."""
+    """A YAML config for ``ct2mri-node serve`` on loopback with the tiny checkpoint: restart hold
+    and retries long enough for crash tests, a folder destination."""
     data: dict[str, Any] = {
         "node": {"ae_title": "CT2MRI", "port": port, "bind_address": "127.0.0.1"},
         "calling_aes": [{"ae_title": "PACS", "host": "127.0.0.1"}],
         "destinations": [{"name": "local", "type": "folder", "path": "outbox"}],
-        "spool_dir": "spool",
         "series": {"quiet_period_s": 1.0, "min_slices": 8, "restart_hold_s": 3.0},
         "model": {"checkpoint": str(checkpoint), "device": "cpu", "steps": 2},
         "worker": {"max_attempts": 20, "backoff_initial_s": 0.2, "backoff_max_s": 1.0, "poll_interval_s": 0.1},
         "limits": {"min_free_disk_mb": 64},
     }
     data.update(overrides)
-    path = tmp_path / "node.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return write_config_file(tmp_path, **data)
 
 
 class Proc:

@@ -12,20 +12,15 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from nodekit import CaptureSCP, free_port, make_ct_series
-from relkit import Serve, expected_mr_uids, folder_uids, job_states, send_until_acked, wait_for, write_config
+from nodekit import CaptureSCP, free_port, make_ct_series, wait_for
+from relkit import Serve, expected_mr_uids, folder_uids, job_states, send_until_acked, write_config
 
+from ct2mri_node.faults import POINTS as FAULT_POINTS
 from ct2mri_node.model.translator import Translator
 from ct2mri_node.receive.spool import Spool
 
-POINTS = [
-    "mid_association@5",         # killed while answering the 5th instance of the association
-    "after_spool_before_job",
-    "during_translation",
-    "after_translation",
-    "between_sends",
-    "after_send_before_record",
-]
+#: Every fault point; mid_association is killed while answering the 5th instance of the association.
+POINTS = [f"{point}@5" if point == "mid_association" else point for point in FAULT_POINTS]
 
 
 @pytest.mark.slow

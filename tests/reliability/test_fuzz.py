@@ -15,8 +15,8 @@ from pathlib import Path
 import pydicom
 import pytest
 from fuzzkit import Mutator
-from nodekit import make_ct_series, node_config
-from relkit import raw_sending, scu, store, wait_for
+from nodekit import make_ct_series, node_config, scu, store, wait_for
+from relkit import raw_sending
 
 from ct2mri_node.config import NodeConfig
 from ct2mri_node.node import Node

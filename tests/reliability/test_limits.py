@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from nodekit import free_port, make_ct_series, node_config
-from relkit import scu, store, wait_for
+from nodekit import free_port, make_ct_series, node_config, scu, store, wait_for
 
 from ct2mri_node.config import NodeConfig
 from ct2mri_node.node import Node

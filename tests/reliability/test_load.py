@@ -7,8 +7,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from nodekit import make_ct_series, node_config
-from relkit import store, wait_for
+from nodekit import make_ct_series, node_config, store, wait_for
 
 from ct2mri_node.config import NodeConfig
 from ct2mri_node.node import Node

@@ -7,8 +7,7 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-from nodekit import CaptureSCP, make_ct_series, node_config
-from relkit import store, wait_for
+from nodekit import CaptureSCP, make_ct_series, node_config, store, wait_for
 
 from ct2mri_node.config import NodeConfig
 from ct2mri_node.jobs.worker import backoff_s

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from nodekit import make_ct_series, node_config
+from nodekit import make_ct_series, node_config, scu, store, wait_for
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
-from relkit import make_pki, raw_sending, scu, store, wait_for, write_raw
+from relkit import make_pki, raw_sending, write_raw
 
 from ct2mri_node.config import ClientTls, NodeConfig, ServerTls
 from ct2mri_node.node import Node

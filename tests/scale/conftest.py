@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-_TESTS = Path(__file__).resolve().parent.parent
-for _kit in ("node", "reliability"):   # nodekit, relkit (reused, not copied)
-    if str(_TESTS / _kit) not in sys.path:
-        sys.path.insert(0, str(_TESTS / _kit))
-
-from scalekit import Redis, redis_available  # noqa: E402
+from scalekit import Redis, redis_available
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from nodekit import free_port
-from relkit import Proc, wait_for, write_config
+from nodekit import free_port, wait_for
+from relkit import Proc, write_config
 
 
 def redis_available() -> bool:

@@ -12,8 +12,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from nodekit import CaptureSCP, free_port, make_ct_series
-from relkit import job_states, send_until_acked, wait_for
+from nodekit import CaptureSCP, free_port, make_ct_series, wait_for
+from relkit import job_states, send_until_acked
 from scalekit import Proc, Redis, receiver, scale_config, worker
 
 from ct2mri_node.commands.status import open_store

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from nodekit import make_ct_series, node_config
-from relkit import CLI, store, wait_for
+from nodekit import CLI, make_ct_series, node_config, store, wait_for
 from scalekit import Redis
 
 from ct2mri_node.commands.worker import lock_device, worker_config
