@@ -25,6 +25,7 @@ from ..config import DicomDestination, FolderDestination, NodeConfig
 from ..deliver.send import send_series
 from ..errors import Ct2MriError, InputError, SendError, SeriesRejected, SpoolError
 from ..faults import fault_point
+from ..fsutil import fsync_dir
 from ..receive.spool import Spool
 from ..volume.assemble import VolumeLimits, read_series
 from .pipeline import PipelineOptions, run_pipeline, write_series
@@ -113,7 +114,9 @@ class Worker:
         """Run one claimed job to done, failed or deferred; returns its final snapshot."""
         log.info("job %d: series %s, attempt %d", job.id, job.series_uid, job.attempts)
         try:
-            if not job.translated:
+            if not job.translated or not self._has_output(job):
+                if job.translated:   # e.g. the folder was lost to a crash or removed by hand
+                    log.warning("job %d: its MR series is missing from the spool; translating again", job.id)
                 fault_point("during_translation")
                 self._translate(job)
             self.store.set_state(job.id, "sending")
@@ -159,6 +162,7 @@ class Worker:
             write_series(datasets, staging)
             shutil.rmtree(final, ignore_errors=True)
             staging.rename(final)
+            fsync_dir(final.parent)   # the rename is durable before the job says "translated"
         except OSError as exc:
             raise SpoolError(f"cannot write the MR series of job {job.id} to {final}: {exc}") from exc
 
@@ -181,6 +185,10 @@ class Worker:
                           settings.backoff_max_s, settings.backoff_jitter)
         self.store.defer(job.id, delay, reasons)
         log.info("job %d: send will be retried in %.1f s: %s", job.id, delay, reasons)
+
+    def _has_output(self, job: Job) -> bool:
+        folder = self.spool.output_dir(job.id)
+        return folder.is_dir() and any(folder.glob("*.dcm"))
 
     def _output_files(self, job: Job) -> list[Path]:
         folder = self.spool.output_dir(job.id)
@@ -229,8 +237,11 @@ class Worker:
             return dest.name, error
         fault_point("after_send_before_record")
         self.store.record_delivery(job.id, dest.name, "done")
-        self.store.record_timing(job.id, f"send:{dest.name}", time.perf_counter() - start)
+        timings = {f"send:{dest.name}": time.perf_counter() - start}
+        if job.last_instance_at is not None:   # last CT instance -> MR series confirmed here
+            timings[f"latency:{dest.name}"] = max(0.0, time.time() - job.last_instance_at)
         if report.seconds_to_first is not None and "first_store_at" not in job.timings:
-            self.store.record_timing(job.id, "first_store_at", wall_start + report.seconds_to_first)
+            timings["first_store_at"] = wall_start + report.seconds_to_first
+        self.store.record_timings(job.id, timings)
         fault_point("between_sends")
         return dest.name, None

@@ -10,7 +10,6 @@ scrape, so they are right after a restart too.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -145,18 +144,15 @@ class MeteredJobStore(JobStore):
         self.metrics.series_completed.inc()
 
     def record_timings(self, job_id: int, timings: Mapping[str, float]) -> None:
-        """Store the timings; a ``translation`` stage is observed too (``record_timing`` comes here)."""
+        """Store the timings; ``translation`` and ``latency:<destination>`` are observed too
+        (``record_timing`` comes here)."""
         super().record_timings(job_id, timings)
-        if "translation" in timings:
-            self.metrics.translation_seconds.observe(timings["translation"])
+        for stage, seconds in timings.items():
+            if stage == "translation":
+                self.metrics.translation_seconds.observe(seconds)
+            elif stage.startswith("latency:"):
+                self.metrics.latency_seconds.labels(stage.removeprefix("latency:")).observe(seconds)
 
     def record_delivery(self, job_id: int, destination: str, state: str, *args: Any, **kwargs: Any) -> None:
         super().record_delivery(job_id, destination, state, *args, **kwargs)
         self.metrics.sends.labels(destination, state).inc()
-        if state != "done":
-            return
-        last = self.get(job_id).last_instance_at
-        if last is not None:
-            latency = max(0.0, time.time() - last)
-            self.metrics.latency_seconds.labels(destination).observe(latency)
-            super().record_timing(job_id, f"latency:{destination}", latency)

@@ -4,9 +4,11 @@ others; a rejecting archive is contacted once; ``retry`` makes failed destinatio
 from __future__ import annotations
 
 import random
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from nodekit import CaptureSCP, make_ct_series, node_config, store, wait_for
 
 from ct2mri_node.config import NodeConfig
@@ -53,3 +55,24 @@ def test_dead_and_rejecting_archives_do_not_hold_up_the_others(
     assert wait_for(lambda: node.store.get(final.id).state == "failed" and
                     {d.destination: d.attempts for d in node.store.get(final.id).deliveries}["rejecting"] == 1, 60)
     assert len(capture.datasets) == 8 and len(late.datasets) == 8      # done destinations skipped
+
+
+def test_a_translated_job_whose_mr_series_is_gone_is_translated_again(
+    start_node: Callable[[NodeConfig], Node], capture: CaptureSCP, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    node = start_node(node_config(tmp_path, destinations=[capture.destination()]))
+    assert store(node.port, make_ct_series(tmp_path / "ct", seed=12, slices=8, size=16)) == [0] * 8
+    assert node.store is not None
+    job = wait_for(lambda: [j for j in node.store.list() if j.state == "done"], 60)[0]
+    output = node.spool.output_dir(job.id)
+    names = sorted(p.name for p in output.iterdir())
+    shutil.rmtree(output)                     # lost (a crash before the folder was synced, a hand)
+    node.store.retry(job.id)
+    node.worker.wake()
+    again = wait_for(lambda: [j for j in node.store.list() if j.state in ("done", "failed") and j.attempts == 1
+                              and j.updated_at > job.updated_at], 60)[0]
+    assert again.state == "done", again.reason
+    assert sorted(p.name for p in output.iterdir()) == names   # the same MR series, made again
+    assert "MR series is missing from the spool; translating again" in caplog.text
+    assert len(capture.datasets) == 8                           # the archive already had it: not re-sent

@@ -66,6 +66,8 @@ def test_four_series_at_once_two_workers_each_delivered_once(
     _assert_exactly_once(capture, 4, 12)
     jobs = open_store(config).list()
     assert all(j.attempts == 1 for j in jobs)
+    # workers of a cluster record last CT -> MR confirmed too (provenance last_ct_to_confirmed_s)
+    assert all(j.timings.get("latency:archive", 0.0) > 0 for j in jobs), [j.timings for j in jobs]
     ran = [(tmp_path / f"w{i}.log").read_text().count(", attempt ") for i in (1, 2)]
     assert sum(ran) == 4 and min(ran) >= 1, f"both workers should have run jobs, ran {ran}"
 
