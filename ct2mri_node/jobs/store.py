@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     translated INTEGER NOT NULL DEFAULT 0,
     reason TEXT,
-    timings TEXT NOT NULL DEFAULT '{}'
+    timings TEXT NOT NULL DEFAULT '{}',
+    purged_at REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, not_before);
 CREATE INDEX IF NOT EXISTS jobs_series ON jobs(series_uid);
