@@ -127,11 +127,12 @@ class SeriesSettings(_Frozen):
 
 
 class ModelSettings(_Frozen):
-    """Which checkpoint translates, on which device, with how many denoising steps."""
+    """Which checkpoint translates, on which device, with how many network evaluations and samples."""
 
     checkpoint: str = "bundled"
     device: str = "auto"
-    steps: Annotated[int, Field(ge=1, le=1000)] = 20
+    steps: Annotated[int, Field(ge=1, le=1000)] | None = None   # None: the model card's default
+    samples: Annotated[int, Field(ge=1, le=64)] = 1
     seed: int = 0
 
     @field_validator("device")

@@ -52,7 +52,8 @@ def load_translator(config: NodeConfig) -> Any:
     """Load the configured model once (the only place the node touches the model package)."""
     from .model.translator import TranslationSettings, Translator
 
-    settings = TranslationSettings(steps=config.model.steps, seed=config.model.seed, device=config.model.device)
+    settings = TranslationSettings(steps=config.model.steps, seed=config.model.seed, device=config.model.device,
+                                   samples=config.model.samples)
     return Translator(config.model.checkpoint, settings)
 
 

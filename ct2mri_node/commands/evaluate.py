@@ -1,4 +1,8 @@
-"""``ct2mri-node evaluate``: score a checkpoint on paired CT/MR cases (masked MAE, PSNR, SSIM)."""
+"""``ct2mri-node evaluate``: score a checkpoint on paired CT/MR cases.
+
+Masked MAE, PSNR and SSIM, the body correlation and, for cases with tissue labels, the T1w
+tissue-order score (``training.evaluate.METRIC_DEFINITION``).
+"""
 
 from __future__ import annotations
 
@@ -16,12 +20,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "evaluate",
         help="translate every case of a SynthRAD-layout folder and score it against the real MR",
         description="For each <data>/<case>/{ct,mr,mask}: translate the CT, compute the masked MAE, "
-        "PSNR and SSIM of the synthetic MR against the real MR, and write a JSON report.",
+        "PSNR, SSIM and correlation of the synthetic MR against the real MR and, when the case has "
+        "tissue labels (labels.nii.gz + labels.json), whether it orders the tissues as T1w does; "
+        "write a JSON report.",
     )
     parser.add_argument("--data", required=True, type=Path, help="folder of cases (SynthRAD layout)")
     parser.add_argument("--checkpoint", default="bundled", help="checkpoint folder (default: the bundled model)")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument("--samples", type=int, default=1,
+                        help="samples averaged into each synthetic MR (default 1)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N cases")
     parser.add_argument("--json", required=True, type=Path, dest="json_out", help="where to write the JSON report")
@@ -35,7 +43,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.steps < 1:
         raise ConfigError(f"--steps must be at least 1, got {args.steps}")
-    settings = TranslationSettings(steps=args.steps, seed=args.seed, device=args.device)
+    if args.samples < 1:
+        raise ConfigError(f"--samples must be at least 1, got {args.samples}")
+    settings = TranslationSettings(steps=args.steps, seed=args.seed, device=args.device, samples=args.samples)
     report = evaluate(args.data, args.checkpoint, settings, args.limit, args.montage_dir)
     write_report(report, args.json_out)
     print(format_table(report))

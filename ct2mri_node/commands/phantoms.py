@@ -12,6 +12,9 @@ from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+#: The data families (see ``training.families``), listed here so that ``--help`` imports nothing heavy.
+FAMILY_NAMES: tuple[str, ...] = ("phantom", "randomised", "icbm", "heldout")
+
 
 def _triple(cast: Callable[[str], Any], what: str) -> Callable[[str], tuple[Any, ...]]:
     """An argparse type for ``A,B,C`` (three values in z, y, x order)."""
@@ -32,17 +35,26 @@ def _triple(cast: Callable[[str], Any], what: str) -> Callable[[str], tuple[Any,
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = subparsers.add_parser(
         "phantoms",
-        help="generate paired CT/MR phantom cases (SynthRAD layout) for training and tests",
-        description="Write N paired CT/MR phantoms (head and pelvis) as <out>/<case>/{ct,mr,mask}.nii.gz "
-        "plus phantom.json; synthetic data, not patients.",
+        help="generate paired CT/MR cases of a data family (SynthRAD layout) for training and tests",
+        description="Write N paired CT/MR cases as <out>/<case>/{ct,mr,mask}.nii.gz plus phantom.json "
+        "(and labels.nii.gz/labels.json); synthetic data, not patients. Families: phantom (head and "
+        "pelvis phantoms, folders case<i>_<kind>), randomised (domain-randomised head, pelvis, abdomen), "
+        "icbm (heads with real brain anatomy from the ICBM152 2009a templates of nilearn: "
+        "pip install 'ct2mri-node[train]'), heldout (evaluation only); other families than phantom "
+        "write folders <family>_<i>_<kind>.",
     )
     parser.add_argument("--out", required=True, type=Path, help="folder to write the cases into")
     parser.add_argument("--cases", required=True, type=int, help="number of cases")
     parser.add_argument("--seed", type=int, default=0, help="seed of case 0; case i uses seed + i (default 0)")
-    parser.add_argument("--kinds", default="head,pelvis",
-                        help="comma-separated kinds, used in turn (default head,pelvis)")
-    parser.add_argument("--shape", type=_triple(int, "--shape"), help="grid Z,Y,X in voxels (default per kind)")
-    parser.add_argument("--spacing", type=_triple(float, "--spacing"), help="spacing Z,Y,X in mm (default per kind)")
+    parser.add_argument("--family", default="phantom", choices=FAMILY_NAMES,
+                        help="data family (default phantom)")
+    parser.add_argument("--kinds", default=None,
+                        help="comma-separated kinds, used in turn (default: all of the family's kinds; "
+                        "phantom: head,pelvis; randomised: head,pelvis,abdomen; icbm: head)")
+    parser.add_argument("--shape", type=_triple(int, "--shape"),
+                        help="grid Z,Y,X in voxels (default per kind, random for randomised and icbm)")
+    parser.add_argument("--spacing", type=_triple(float, "--spacing"),
+                        help="spacing Z,Y,X in mm (default per kind, random for randomised and icbm)")
     parser.add_argument("--dicom", action="store_true", help="also write each CT as a DICOM series in <case>/ct_dicom/")
     parser.set_defaults(func=run)
 
@@ -55,19 +67,26 @@ def _ct_series_writer() -> Callable[..., Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training.phantoms import KINDS, write_phantoms
+    from ..training.families import family, write_family
     from ..training.pairs import load_case
+    from ..training.phantoms import write_phantoms
 
-    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
-    unknown = [k for k in kinds if k not in KINDS]
+    family_name = getattr(args, "family", "phantom") or "phantom"
+    known = tuple(family(family_name).KINDS)
+    kinds = known if args.kinds is None else tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in known]
     if unknown or not kinds:
-        raise ConfigError(f"--kinds: unknown kind(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(KINDS)}")
+        raise ConfigError(f"--kinds: unknown kind(s) {', '.join(unknown) or '(none)'} for family {family_name}; "
+                          f"choose from {', '.join(known)}")
     writer = _ct_series_writer() if args.dicom else None
-    folders = write_phantoms(args.out, args.cases, args.seed, kinds, args.shape, args.spacing)
+    if family_name == "phantom":
+        folders = write_phantoms(args.out, args.cases, args.seed, kinds, args.shape, args.spacing)
+    else:
+        folders = write_family(args.out, family_name, args.cases, args.seed, kinds, args.shape, args.spacing)
     if writer is not None:
         for i, folder in enumerate(folders):
             case = load_case(folder)
             writer(case.ct, case.spacing, folder / "ct_dicom", seed=args.seed + i)
             log.info("wrote CT DICOM series of %s", folder.name)
-    print(f"wrote {len(folders)} phantom case(s) to {args.out}")
+    print(f"wrote {len(folders)} {family_name} case(s) to {args.out}")
     return 0

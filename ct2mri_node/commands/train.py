@@ -30,10 +30,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--patch", type=int, default=32, help="patch side in voxels, a multiple of 8 (default 32)")
     parser.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate (default 2e-4)")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights, patches and noise (default 0)")
-    parser.add_argument("--spacing", type=float, default=4.0, help="model spacing in mm, isotropic (default 4.0)")
+    parser.add_argument("--spacing", type=float, default=2.0, help="model spacing in mm, isotropic (default 2.0)")
     parser.add_argument("--base-channels", type=int, default=16,
                         help="width of the enhanced model; baselines are widened to match its parameter count (default 16)")
     parser.add_argument("--val-every", type=int, default=100, help="validate and save run state every K iterations (default 100)")
+    parser.add_argument("--method", choices=["noise", "refine"],
+                        help="diffusion sampling the model is trained for: refine (estimate, then DDIM from t0; "
+                        "default for enhanced) or noise (from Gaussian noise; default for ddpm)")
+    parser.add_argument("--t0", type=int, default=400, help="refine: timestep sampling starts from (default 400 of 1000)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--name", help="model name in the card (default ct2mri-<arch>-demo)")
     parser.set_defaults(func=run)
 
@@ -51,8 +56,12 @@ def run(args: argparse.Namespace) -> int:
     request = TrainRequest(
         data=args.data, out=args.out, arch=args.arch, iterations=args.iterations, batch_size=args.batch_size,
         patch=args.patch, lr=args.lr, seed=args.seed, spacing_mm=args.spacing, base_channels=args.base_channels,
-        val_every=args.val_every, name=args.name,
+        val_every=args.val_every, name=args.name, method=args.method, t0=args.t0,
     )
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     with tqdm(total=args.iterations, desc=f"train {args.arch}", unit="it") as bar:
         def on_step(iteration: int, loss: float) -> None:

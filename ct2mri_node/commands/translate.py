@@ -34,9 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--checkpoint", default="bundled",
                         help="checkpoint directory, or 'bundled' for the demonstration model (default)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    parser.add_argument("--steps", type=int, help="network evaluations per patch and sample (default: the model's)")
+    parser.add_argument("--samples", type=int, default=1, help="samples averaged into the MR (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    parser.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim", help="sampler (default ddim)")
+    parser.add_argument("--sampler", choices=["auto", "refine", "ddim", "ddpm"], default="auto",
+                        help="sampler (default auto: the model's own, refine for the bundled model)")
     parser.add_argument("--min-slices", type=int, default=8, help="fewest CT slices accepted (default 8)")
     parser.add_argument("--max-slices", type=int, default=2000, help="most CT slices accepted (default 2000)")
     parser.add_argument("--max-matrix", type=int, default=1024,
@@ -80,8 +82,8 @@ def _options(args: argparse.Namespace) -> Any:
     from ..jobs.pipeline import PipelineOptions
     from ..volume.assemble import VolumeLimits
 
-    if min(args.steps, args.min_slices, args.max_slices, args.max_matrix) < 1:
-        raise ConfigError("--steps, --min-slices, --max-slices and --max-matrix must be at least 1")
+    if min(args.steps or 1, args.samples, args.min_slices, args.max_slices, args.max_matrix) < 1:
+        raise ConfigError("--steps, --samples, --min-slices, --max-slices and --max-matrix must be at least 1")
     if args.max_slices < args.min_slices:
         raise ConfigError(f"--max-slices {args.max_slices} is below --min-slices {args.min_slices}")
     try:
@@ -104,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     if not datasets:
         raise InputError(f"--input {args.input} holds no DICOM files; give a CT DICOM series")
     settings = TranslationSettings(steps=args.steps, sampler=args.sampler, seed=args.seed,
-                                   device=args.device)
+                                   device=args.device, samples=args.samples)
     translator = _LazyTranslator(args.checkpoint, settings)
     outcome = run_pipeline(datasets, translator, options)
     paths = write_series(outcome.datasets, args.output)

@@ -121,7 +121,7 @@ def encode_series(
 def pixel_settings(result: TranslationResult) -> tuple[object, ...]:
     """The settings that change the pixels, in a fixed order (they enter the UIDs)."""
     s = result.settings
-    return (result.model.architecture, s.sampler, s.steps, s.seed, s.overlap)
+    return (result.model.architecture, s.sampler, s.steps, s.seed, s.overlap, s.samples)
 
 
 def _source_key(source: SliceSource) -> str:

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import CheckpointError
-from .diffusion import scheduler_config
+from .diffusion import DEFAULT_SAMPLING, METHODS, scheduler_config
 from .networks import ARCHITECTURES, build_network
 from .pre_post import IntensityMapping
 
@@ -49,6 +49,7 @@ class ModelCard:
     seed: int = 0
     iterations: int = 0
     evaluation: dict[str, Any] = field(default_factory=dict)
+    sampling: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SAMPLING))
     card_version: int = CARD_VERSION
 
     @property
@@ -79,6 +80,8 @@ class ModelCard:
         card.patch_size = tuple(int(p) for p in card.patch_size)  # type: ignore[assignment]
         if len(card.spacing_mm) != 3 or min(card.spacing_mm) <= 0 or len(card.patch_size) != 3:
             raise CheckpointError(f"{source}: spacing_mm and patch_size need three positive values")
+        if not isinstance(card.sampling, dict) or card.sampling.get("method", "noise") not in METHODS:
+            raise CheckpointError(f"{source}: sampling.method must be one of {', '.join(METHODS)}")
         return card
 
 

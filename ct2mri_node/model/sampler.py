@@ -17,7 +17,7 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from .diffusion import SamplingPlan
+from .diffusion import RefinePlan, SamplingPlan, ddim_step, x0_from_v
 
 log = logging.getLogger(__name__)
 
@@ -71,19 +71,67 @@ def _timesteps(plan: SamplingPlan) -> Iterator[int]:
 
 
 def sample_diffusion(network: nn.Module, ct: torch.Tensor, plan: SamplingPlan, spec: WindowSpec,
-                     generator: torch.Generator, counter: EvalCounter,
+                     seeds: list[int], counter: EvalCounter,
                      progress: Progress | None = None) -> torch.Tensor:
-    """Denoise from gaussian noise conditioned on ``ct`` (1, 1, D, H, W) in [-1, 1]; returns x0."""
-    x = torch.randn(ct.shape, generator=generator, dtype=torch.float32, device=ct.device)
-    total = len(plan.timesteps)
+    """Denoise from gaussian noise conditioned on ``ct`` (1, 1, D, H, W) in [-1, 1], once per seed;
+    returns the mean x0 of the samples (one sample: that sample)."""
+    total, done = len(plan.timesteps) * len(seeds), 0
+    mean = torch.zeros(ct.shape, dtype=torch.float32, device=ct.device)
     with torch.inference_mode():
-        for i, t in enumerate(_timesteps(plan)):
-            inputs = torch.cat([x, ct], dim=1)
-            pred = windowed(network, inputs, spec, counter, torch.tensor([t], dtype=torch.long))
-            x = plan.step(pred, t, x, generator)
-            if progress is not None:
-                progress(i + 1, total)
-    return x
+        for seed in seeds:
+            generator = torch.Generator(device="cpu").manual_seed(seed)
+            x = torch.randn(ct.shape, generator=generator, dtype=torch.float32, device=ct.device)
+            for t in _timesteps(plan):
+                inputs = torch.cat([x, ct], dim=1)
+                pred = windowed(network, inputs, spec, counter, torch.tensor([t], dtype=torch.long))
+                x = plan.step(pred, t, x, generator)
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+            mean += x / len(seeds)
+    return mean
+
+
+def estimate(network: nn.Module, ct: torch.Tensor, plan: RefinePlan, spec: WindowSpec,
+             counter: EvalCounter) -> torch.Tensor:
+    """The model's deterministic estimate of x0: one pass at ``estimate_t`` with a zero noisy input."""
+    inputs = torch.cat([torch.zeros_like(ct), ct], dim=1)
+    t = torch.tensor([plan.estimate_t], dtype=torch.long)
+    with torch.inference_mode():
+        v = windowed(network, inputs, spec, counter, t)
+        x0 = x0_from_v(inputs[:, :1], v, plan.alpha_bar(plan.estimate_t))
+    return x0.clamp(-1.0, 1.0) if plan.clip else x0
+
+
+def sample_refine(network: nn.Module, ct: torch.Tensor, plan: RefinePlan, spec: WindowSpec,
+                  seeds: list[int], counter: EvalCounter, progress: Progress | None = None) -> torch.Tensor:
+    """Estimate, then per seed: forward-diffuse it to t0 and run the DDIM steps; the mean of the samples.
+
+    The estimate is shared by all samples (computed once); with one evaluation per patch the
+    estimate itself is returned. Samples differ only in the noise added at t0.
+    """
+    total = 1 + len(plan.timesteps) * len(seeds)
+    x0 = estimate(network, ct, plan, spec, counter)
+    if progress is not None:
+        progress(1, total)
+    if not plan.timesteps:
+        return x0
+    done, mean = 1, torch.zeros_like(x0)
+    steps = [*plan.timesteps, -1]
+    with torch.inference_mode():
+        for seed in seeds:
+            generator = torch.Generator(device="cpu").manual_seed(seed)
+            noise = torch.randn(ct.shape, generator=generator, dtype=torch.float32).to(ct.device)
+            a0 = plan.alpha_bar(steps[0])
+            x = (a0 ** 0.5) * x0 + ((1.0 - a0) ** 0.5) * noise
+            for t, t_prev in zip(steps[:-1], steps[1:]):
+                v = windowed(network, torch.cat([x, ct], dim=1), spec, counter, torch.tensor([t], dtype=torch.long))
+                x = ddim_step(x, v, plan.alpha_bar(t), plan.alpha_bar(t_prev), plan.clip)
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+            mean += x / len(seeds)
+    return mean
 
 
 def predict_regression(network: nn.Module, ct: torch.Tensor, spec: WindowSpec, counter: EvalCounter,

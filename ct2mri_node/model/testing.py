@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .checkpoint import ModelCard, save_checkpoint
-from .diffusion import scheduler_config
+from .diffusion import sampling_config, scheduler_config
 from .networks import build_network, network_config
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ def tiny_card(arch: str = "enhanced", seed: int = 0) -> ModelCard:
         training_data="none (random initialisation)",
         training_command="ct2mri_node.model.testing.make_tiny_checkpoint",
         seed=seed,
+        sampling=sampling_config("refine") if arch == "enhanced" else sampling_config("noise"),
     )
 
 

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, DataError
-from .diffusion import training_scheduler, training_target
+from .diffusion import DEFAULT_SAMPLING, training_scheduler, training_target
 from .networks import build_network
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ class TrainSettings:
     seed: int = 0
     val_every: int = 100
     ema_decay: float = 0.999
+    sampling: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SAMPLING))
 
 
 @dataclass
@@ -114,20 +115,57 @@ class PatchSampler:
 
 
 class Objective:
-    """The loss of one architecture on a batch of (ct, mr) patches."""
+    """The loss of one architecture on a batch of (ct, mr) patches.
 
-    def __init__(self, arch: str, scheduler_config: dict[str, Any]) -> None:
+    - ``unet``: L1 between the prediction and the MR.
+    - diffusion, sampling method ``noise``: the scheduler's target (v) at t uniform over all T steps.
+    - diffusion, method ``refine`` (the enhanced model): each patch is, with probability
+      ``estimate_fraction``, an *estimate* patch (noisy input all zero, t = T-1, L1 between the x0
+      read from v and the MR: the deterministic estimate sampling starts from), otherwise a
+      *refinement* patch (v target at t uniform in 1..t0: only the timesteps sampling visits,
+      after Fast-DDPM, so no budget is spent on t > t0).
+    """
+
+    def __init__(self, arch: str, scheduler_config: dict[str, Any],
+                 sampling: dict[str, Any] | None = None) -> None:
         self.arch = arch
         self.scheduler = training_scheduler(scheduler_config) if arch != "unet" else None
+        sampling = sampling or DEFAULT_SAMPLING
+        self.refine = self.scheduler is not None and sampling.get("method") == "refine"
+        self.t0 = int(sampling.get("t0", 0))
+        self.estimate_fraction = float(sampling.get("estimate_fraction", 0.5))
 
     def loss(self, network: nn.Module, ct: torch.Tensor, mr: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         if self.scheduler is None:
             return F.l1_loss(network(ct, None), mr)
+        if self.refine:
+            return self._refine_loss(network, ct, mr, gen)
         noise = torch.randn(mr.shape, generator=gen)
         t = torch.randint(0, self.scheduler.num_train_timesteps, (mr.shape[0],), generator=gen)
         noisy = self.scheduler.add_noise(mr, noise, t)
         target = training_target(self.scheduler, mr, noise, t)
         return F.mse_loss(network(torch.cat([noisy, ct], dim=1), t), target)
+
+    def _refine_loss(self, network: nn.Module, ct: torch.Tensor, mr: torch.Tensor,
+                     gen: torch.Generator) -> torch.Tensor:
+        scheduler = self.scheduler
+        if scheduler is None:
+            raise CheckpointError("the refine objective needs a diffusion architecture")
+        batch = mr.shape[0]
+        last = scheduler.num_train_timesteps - 1
+        is_estimate = torch.rand(batch, generator=gen) < self.estimate_fraction
+        noise = torch.randn(mr.shape, generator=gen)
+        t = torch.randint(1, self.t0 + 1, (batch,), generator=gen)
+        t = torch.where(is_estimate, torch.full_like(t, last), t)
+        noisy = scheduler.add_noise(mr, noise, t)
+        noisy = torch.where(is_estimate[:, None, None, None, None], torch.zeros_like(noisy), noisy)
+        v = network(torch.cat([noisy, ct], dim=1), t)
+        target = training_target(scheduler, mr, noise, t)
+        alpha = scheduler.alphas_cumprod[t].to(v.dtype)[:, None, None, None, None]
+        x0 = alpha.sqrt() * noisy - (1 - alpha).sqrt() * v
+        per_estimate = (x0 - mr).abs().flatten(1).mean(1)
+        per_refine = (v - target).pow(2).flatten(1).mean(1)
+        return torch.where(is_estimate, per_estimate, per_refine).mean()
 
 
 def _rng_state(rng: np.random.Generator, gen: torch.Generator) -> dict[str, Any]:
@@ -154,7 +192,9 @@ def _load_state(path: Path, settings: TrainSettings) -> dict[str, Any] | None:
         state = torch.load(path, weights_only=False)
     except (OSError, RuntimeError, EOFError) as exc:
         raise CheckpointError(f"{path}: cannot resume from a corrupt training state ({exc}); delete it to restart") from exc
-    if state.get("settings", {}).get("arch") != settings.arch or state["settings"]["network"] != settings.network:
+    saved = state.get("settings", {})
+    if (saved.get("arch") != settings.arch or saved.get("network") != settings.network
+            or saved.get("sampling", DEFAULT_SAMPLING) != settings.sampling):
         raise CheckpointError(f"{path}: the saved run used another architecture or network config; "
                               "use a new --out directory or the original options")
     return state
@@ -189,7 +229,7 @@ def train(cases: Sequence[PreparedCase], settings: TrainSettings, run_dir: Path,
     rng = np.random.default_rng(settings.seed)
     gen = torch.Generator().manual_seed(settings.seed)
     sampler = PatchSampler(cases, settings.patch)
-    objective = Objective(settings.arch, settings.scheduler)
+    objective = Objective(settings.arch, settings.scheduler, settings.sampling)
     val_rng = np.random.default_rng(settings.seed + 1)
     val_batches = [sampler.batch(val_rng, settings.batch_size) for _ in range(4)]
     iteration, val_losses, loss_value = 0, [], math.nan

@@ -1,8 +1,9 @@
 """Evaluate a checkpoint on paired cases: translate each CT, compare with the real MR, report.
 
 For every case of a SynthRAD-layout folder: ``Translator.translate(case.ct, case.spacing)``, the
-masked metrics of :mod:`.metrics` against ``case.mr`` inside ``case.mask``, optionally a PNG
-montage, then one JSON report with per-case numbers, their mean, the model's identity, the
+masked metrics of :mod:`.metrics` against ``case.mr`` inside ``case.mask``, the body correlation
+and, when the case has tissue labels, the tissue-order score of :mod:`.tissue_order`, optionally a
+PNG montage, then one JSON report with per-case numbers, their mean, the model's identity, the
 settings and the process's peak memory. torch stays behind the translator.
 """
 
@@ -24,7 +25,8 @@ from ..errors import DataError
 from ..fsutil import atomic_write
 from .metrics import NORMALISE_PERCENTILES, PSNR_CAP_DB, SSIM_BORDER, compare
 from .montage import write_case_montage
-from .pairs import PairedCase, list_cases, load_case
+from .pairs import PairedCase, list_cases, load_case, load_labels
+from .tissue_order import MIN_INTERIOR_VOXELS, body_correlation, tissue_order
 
 if TYPE_CHECKING:
     from ..model.translator import TranslationSettings, Translator
@@ -36,9 +38,19 @@ METRIC_DEFINITION = (
     f"Real MR is the reference. Each volume is normalised separately to [0, 1] by its own "
     f"percentiles P{NORMALISE_PERCENTILES[0]:g}/P{NORMALISE_PERCENTILES[1]:g} inside the body mask, "
     f"clipped. MAE: mean |difference| over mask voxels. PSNR: 10 log10(R^2/MSE) over mask voxels, "
-    f"R = reference range in the mask, capped at {PSNR_CAP_DB:g} dB. SSIM: 3D Gaussian window "
-    f"(sigma 1.5 voxels, K1 0.01, K2 0.03) with outside-mask voxels set to 0, averaged over mask "
-    f"voxels at least {SSIM_BORDER} voxels from the edge (SynthRAD2023)."
+    f"R = reference range in the mask (1 after normalisation), capped at {PSNR_CAP_DB:g} dB. "
+    f"SSIM: 3D SSIM (Wang et al.) with a Gaussian window (sigma 1.5 voxels, truncated at 3.5 sigma), "
+    f"K1 0.01, K2 0.03, population covariances, data range R, computed with outside-mask voxels set "
+    f"to 0 in both volumes and averaged over the mask voxels at least {SSIM_BORDER} voxels from the "
+    f"volume's edge (SynthRAD2023; skimage gaussian_weights=True). Correlation: Pearson coefficient "
+    f"of the raw real and synthetic MR over the mask voxels (0 if either is constant). Tissue order "
+    f"(cases with tissue labels only): each tissue's median synthetic intensity over its interior "
+    f"(label eroded by one 6-connected voxel, inside the mask; tissues with fewer than "
+    f"{MIN_INTERIOR_VOXELS} interior voxels skipped); checks white_matter > grey_matter > csf, "
+    f"fat > muscle > urine, marrow > muscle, and each of fat, muscle, grey_matter, white_matter, "
+    f"marrow, organ > cortical_bone, > air (inside the body) and > bowel_gas, applied when both "
+    f"tissues are present; score = fraction of applied checks that hold (strictly greater); the "
+    f"mean is over the cases that have a score."
 )
 
 
@@ -53,10 +65,29 @@ class CaseResult:
     network_evaluations: int
     seconds: float
     montage: str | None = None
+    correlation: float = 0.0
+    #: ``{"score", "held", "total", "failed"}`` when the case has tissue labels, else None.
+    tissue_order: dict[str, Any] | None = None
 
 
-def evaluate_case(translator: Translator, case: PairedCase, montage_dir: Path | None = None) -> CaseResult:
-    """Translate one case's CT and score the synthetic MR against the real one."""
+def _order_summary(prediction: np.ndarray, case: PairedCase,
+                   labels: tuple[np.ndarray, dict[int, str]] | None) -> dict[str, Any] | None:
+    """The tissue-order score of a labelled case, without the per-check medians."""
+    if labels is None:
+        return None
+    label_map, names = labels
+    if label_map.shape != case.ct.shape:
+        raise DataError(f"case {case.name}: labels {label_map.shape} do not match the CT {case.ct.shape}")
+    order = tissue_order(prediction, label_map, names, case.mask)
+    return {key: order[key] for key in ("score", "held", "total", "failed")}
+
+
+def evaluate_case(translator: Translator, case: PairedCase, montage_dir: Path | None = None,
+                  labels: tuple[np.ndarray, dict[int, str]] | None = None) -> CaseResult:
+    """Translate one case's CT and score the synthetic MR against the real one.
+
+    ``labels`` (a label map and its tissue names, :func:`.pairs.load_labels`) adds the tissue-order score.
+    """
     result = translator.translate(case.ct, case.spacing)
     synthetic = result.mr.astype(np.float32)
     if synthetic.shape != case.ct.shape:
@@ -67,7 +98,8 @@ def evaluate_case(translator: Translator, case: PairedCase, montage_dir: Path | 
         path = montage_dir / f"{case.name}.png"
         montage = str(write_case_montage(path, case.ct, case.mr, synthetic, case.spacing, case.mask))
     return CaseResult(case.name, scores.mae, scores.psnr, scores.ssim, result.network_evaluations,
-                      result.seconds, montage)
+                      result.seconds, montage, correlation=body_correlation(case.mr, synthetic, case.mask),
+                      tissue_order=_order_summary(synthetic, case, labels))
 
 
 def peak_memory() -> dict[str, int | None]:
@@ -78,7 +110,19 @@ def peak_memory() -> dict[str, int | None]:
 
 
 def _mean(results: list[CaseResult]) -> dict[str, float]:
-    return {key: float(np.mean([getattr(r, key) for r in results])) for key in METRIC_KEYS}
+    """Means of :data:`METRIC_KEYS` and the correlation; the tissue-order mean over the scored cases.
+
+    Every value is a number (``benchmarks/compare_models.py`` rounds them all): ``tissue_order`` is
+    left out when no case has a score, and ``tissue_order_cases`` says how many had one.
+    """
+    mean = {key: float(np.mean([getattr(r, key) for r in results])) for key in METRIC_KEYS}
+    mean["correlation"] = float(np.mean([r.correlation for r in results]))
+    scores = [r.tissue_order["score"] for r in results
+              if r.tissue_order is not None and r.tissue_order["score"] is not None]
+    if scores:
+        mean["tissue_order"] = float(np.mean(scores))
+    mean["tissue_order_cases"] = float(len(scores))
+    return mean
 
 
 def evaluate(
@@ -100,9 +144,10 @@ def evaluate(
     montage_path = Path(montage_dir) if montage_dir is not None else None
     results = []
     for index, case_dir in enumerate(cases):
-        result = evaluate_case(translator, load_case(case_dir), montage_path)
-        log.info("case %d/%d %s: MAE %.4f PSNR %.2f SSIM %.4f", index + 1, len(cases), result.name,
-                 result.mae, result.psnr, result.ssim)
+        result = evaluate_case(translator, load_case(case_dir), montage_path, load_labels(case_dir))
+        log.info("case %d/%d %s: MAE %.4f PSNR %.2f SSIM %.4f r %.3f tissue order %s", index + 1, len(cases),
+                 result.name, result.mae, result.psnr, result.ssim, result.correlation,
+                 _order_text(result.tissue_order))
         results.append(result)
         if on_case is not None:
             on_case(result)
@@ -130,13 +175,27 @@ def write_report(report: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+def _order_text(order: dict[str, Any] | float | None) -> str:
+    """A tissue-order entry (a case's dict or the mean's number) as text; '-' when there is none."""
+    if isinstance(order, dict):
+        return "-" if order["score"] is None else f"{order['held']}/{order['total']}"
+    return "-" if order is None else f"{order:.3f}"
+
+
 def format_table(report: dict[str, Any]) -> str:
-    """A short plain-text table: one line per case and the mean."""
-    lines = [f"{'case':<20} {'MAE':>8} {'PSNR':>7} {'SSIM':>7} {'evals':>7} {'s':>7}"]
+    """A short plain-text table: one line per case and the mean, then each case's failed tissue orders."""
+    lines = [f"{'case':<24} {'MAE':>8} {'PSNR':>7} {'SSIM':>7} {'r':>6} {'order':>6} {'evals':>7} {'s':>7}"]
     rows = [(c["name"], c) for c in report["cases"]] + [("mean", report["mean"])]
     for name, row in rows:
-        lines.append(f"{name:<20} {row['mae']:8.4f} {row['psnr']:7.2f} {row['ssim']:7.4f} "
+        correlation = row.get("correlation")
+        lines.append(f"{name:<24} {row['mae']:8.4f} {row['psnr']:7.2f} {row['ssim']:7.4f} "
+                     f"{'-' if correlation is None else f'{correlation:.3f}':>6} "
+                     f"{_order_text(row.get('tissue_order')):>6} "
                      f"{row['network_evaluations']:7.0f} {row['seconds']:7.1f}")
+    for case in report["cases"]:
+        order = case.get("tissue_order")
+        if order and order.get("failed"):
+            lines.append(f"{case['name']}: tissue order fails {', '.join(order['failed'])}")
     model = report["model"]
     lines.append(f"model {model['name']} {model['version']} ({model['architecture']}), device "
                  f"{report['device']}, peak RSS {report['peak_memory']['process_max_rss_bytes'] / 2**20:.0f} MiB")

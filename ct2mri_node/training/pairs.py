@@ -9,6 +9,7 @@ unchanged.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,3 +195,39 @@ def write_case(case_dir: str | Path, case: PairedCase) -> Path:
         sitk.WriteImage(_to_image(array, case), str(case_dir / f"{stem}.nii.gz"), useCompression=True)
     log.debug("wrote case %s to %s", case.name, case_dir)
     return case_dir
+
+
+#: Optional label map of a case (uint8, on the CT grid) and the tissue names of its labels.
+LABELS_IMAGE = "labels.nii.gz"
+LABELS_NAMES = "labels.json"
+
+
+def write_labels(case_dir: str | Path, case: PairedCase, labels: np.ndarray, names: dict[int, str]) -> None:
+    """Write a case's tissue label map and its label -> tissue-name table (names from ``tissues``).
+
+    Used by the tissue-order score; a case without labels is still a valid case.
+    """
+    from .tissues import TISSUE_NAMES
+
+    case_dir = Path(case_dir)
+    if labels.shape != case.ct.shape:
+        raise DataError(f"case {case.name}: labels {labels.shape} must have the CT's shape {case.ct.shape}")
+    unknown = sorted(set(names.values()) - set(TISSUE_NAMES))
+    if unknown:
+        raise DataError(f"case {case.name}: unknown tissue names {unknown}; use those of training.tissues")
+    sitk.WriteImage(_to_image(labels.astype(np.uint8), case), str(case_dir / LABELS_IMAGE), useCompression=True)
+    (case_dir / LABELS_NAMES).write_text(json.dumps({str(k): v for k, v in sorted(names.items())}, indent=2) + "\n")
+
+
+def load_labels(case_dir: str | Path) -> tuple[np.ndarray, dict[int, str]] | None:
+    """A case's label map and names, or None when the case has none."""
+    case_dir = Path(case_dir)
+    image_path, names_path = case_dir / LABELS_IMAGE, case_dir / LABELS_NAMES
+    if not image_path.is_file() or not names_path.is_file():
+        return None
+    try:
+        names = {int(k): str(v) for k, v in json.loads(names_path.read_text()).items()}
+    except (OSError, ValueError, AttributeError) as exc:
+        raise DataError(f"{names_path}: cannot read the label names ({exc})") from exc
+    labels = sitk.GetArrayFromImage(_read_image(image_path)).astype(np.uint8)
+    return labels, names

@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from . import tissues
 from .metrics import gaussian_filter
-from .pairs import PairedCase, write_case
+from .pairs import PairedCase, write_case, write_labels
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +103,25 @@ MR_T1: dict[Tissue, tuple[float, float, float]] = {
 
 @dataclass
 class PhantomCase(PairedCase):
-    """A :class:`PairedCase` that also says how it was made (kind, seed, pose, misaligned slices)."""
+    """A :class:`PairedCase` that also says how it was made and, where known, its tissue labels.
+
+    ``info`` (kind, seed, pose, misaligned slices...) goes to ``phantom.json``; ``labels`` (uint8 on
+    the CT grid) and ``label_names`` (label -> a name of :mod:`.tissues`) to ``labels.nii.gz`` and
+    ``labels.json``, which the tissue-order score reads.
+    """
 
     info: dict[str, Any] = field(default_factory=dict)
+    labels: np.ndarray | None = None
+    label_names: dict[int, str] = field(default_factory=dict)
+
+
+#: Tissue names (:mod:`.tissues`) of this generator's label classes.
+LABEL_NAMES: dict[int, str] = {
+    Tissue.AIR: tissues.AIR, Tissue.FAT: tissues.FAT, Tissue.MUSCLE: tissues.MUSCLE,
+    Tissue.CORTICAL: tissues.CORTICAL_BONE, Tissue.TRABECULAR: tissues.MARROW, Tissue.GREY: tissues.GREY_MATTER,
+    Tissue.WHITE: tissues.WHITE_MATTER, Tissue.CSF: tissues.CSF, Tissue.EYE: tissues.EYE, Tissue.URINE: tissues.URINE,
+    Tissue.GAS: tissues.GAS, Tissue.ORGAN: tissues.ORGAN,
+}
 
 
 # --------------------------------------------------------------------------- random fields
@@ -505,7 +522,17 @@ def generate_case(
     return PhantomCase(
         name=name or f"{kind}_{seed}", ct=ct, mr=mr, mask=_dilate(body),
         spacing=spacing, origin=origin_xyz, info=info,  # type: ignore[arg-type]
+        labels=labels, label_names={int(k): v for k, v in LABEL_NAMES.items()},
     )
+
+
+def write_phantom_case(folder: Path, case: PhantomCase) -> Path:
+    """Write one generated case: images (SynthRAD layout), ``phantom.json`` and, if known, labels."""
+    folder = write_case(folder, case)
+    (folder / INFO_FILE).write_text(json.dumps(case.info, indent=2) + "\n")
+    if case.labels is not None:
+        write_labels(folder, case, case.labels, case.label_names)
+    return folder
 
 
 def write_phantoms(
@@ -531,8 +558,7 @@ def write_phantoms(
     for i in range(cases):
         kind = kinds[i % len(kinds)]
         case = generate_case(kind, seed + i, shape, spacing, name=f"case{i:03d}_{kind}")
-        folder = write_case(out / case.name, case)
-        (folder / INFO_FILE).write_text(json.dumps(case.info, indent=2) + "\n")
+        folder = write_phantom_case(out / case.name, case)
         log.info("wrote phantom %s (%d of %d)", case.name, i + 1, cases)
         folders.append(folder)
     return folders

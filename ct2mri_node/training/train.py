@@ -9,6 +9,7 @@ into the output directory.
 
 from __future__ import annotations
 
+import json
 import logging
 import shlex
 import sys
@@ -18,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..model import pre_post
 from ..model.checkpoint import ModelCard, save_checkpoint
-from ..model.diffusion import scheduler_config
+from ..model.diffusion import scheduler_config, sampling_config
 from ..model.networks import ARCHITECTURES, matched_base_channels, network_config, patch_multiple
 from ..model.trainer import PreparedCase, TrainOutcome, TrainSettings, train
 from . import pairs
@@ -44,9 +45,11 @@ class TrainRequest:
     patch: int = 32
     lr: float = 2e-4
     seed: int = 0
-    spacing_mm: float = 4.0
+    spacing_mm: float = 2.0
     base_channels: int = 16
     val_every: int = 100
+    method: str | None = None   # sampling method; None: "refine" for enhanced, "noise" for ddpm
+    t0: int = 400               # refine: the timestep sampling starts from
     name: str | None = None
     description: str = DEMO_DESCRIPTION
     command: str = field(default_factory=lambda: shlex.join(["ct2mri-node", *sys.argv[1:]]))
@@ -64,6 +67,20 @@ def validate(request: TrainRequest) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
     if request.lr <= 0 or request.spacing_mm <= 0 or request.val_every < 0:
         raise ConfigError("--lr and --spacing must be positive and --val-every not negative")
+    if request.method not in (None, "noise", "refine"):
+        raise ConfigError(f"--method must be noise or refine, got {request.method!r}")
+    if request.arch == "unet" and request.method is not None:
+        raise ConfigError("--method applies to the diffusion architectures (enhanced, ddpm), not to unet")
+    if not 1 <= request.t0 < 1000:
+        raise ConfigError(f"--t0 must be between 1 and 999, got {request.t0}")
+
+
+def sampling(request: TrainRequest) -> dict[str, object]:
+    """The card's sampling section: estimate-then-refine for the enhanced model, from noise for the plain DDPM."""
+    if request.arch == "unet":
+        return sampling_config("noise", default_steps=1)
+    method = request.method or ("refine" if request.arch == "enhanced" else "noise")
+    return sampling_config(method, t0=request.t0) if method == "refine" else sampling_config(method)
 
 
 def base_channels(request: TrainRequest) -> int:
@@ -96,6 +113,30 @@ def load_prepared(data: Path, spacing_mm: float, mapping: pre_post.IntensityMapp
     return prepared
 
 
+def describe_data(data: Path) -> str:
+    """"N paired CT/MR cases from DIR (family: count, ...)", from each case's phantom.json."""
+    counts: dict[str, int] = {}
+    cases = pairs.list_cases(data)
+    for case_dir in cases:
+        family = "unlabelled (SynthRAD layout)"
+        info = case_dir / "phantom.json"
+        if info.is_file():
+            try:
+                family = str(json.loads(info.read_text()).get("family", "phantom"))
+            except (OSError, ValueError):
+                pass
+        counts[family] = counts.get(family, 0) + 1
+    parts = ", ".join(f"{name}: {n}" for name, n in sorted(counts.items()))
+    return f"{len(cases)} paired CT/MR cases from {data.name} ({parts}); synthetic data, no patient data"
+
+
+def _data_summary(data: Path, n_cases: int) -> str:
+    try:
+        return describe_data(data)
+    except DataError:  # cases given in memory (tests), not from the folder
+        return f"{n_cases} paired CT/MR cases"
+
+
 def make_card(request: TrainRequest, settings: TrainSettings, outcome: TrainOutcome, n_cases: int,
               mapping: pre_post.IntensityMapping) -> ModelCard:
     """The model card for a finished run (with the CT mapping the cases were prepared with)."""
@@ -109,11 +150,12 @@ def make_card(request: TrainRequest, settings: TrainSettings, outcome: TrainOutc
         patch_size=(request.patch,) * 3,
         intensity=mapping.to_card(),
         description=request.description,
-        training_data=f"{n_cases} paired CT/MR cases from {request.data.name} (SynthRAD layout)",
+        training_data=_data_summary(request.data, n_cases),
         training_command=request.command,
         seed=request.seed,
         iterations=outcome.iterations,
         evaluation={"validation_loss": outcome.val_losses[-1][1]} if outcome.val_losses else {},
+        sampling=settings.sampling,
     )
 
 
@@ -128,6 +170,7 @@ def run_training(request: TrainRequest, cases: Sequence[PreparedCase] | None = N
         arch=request.arch, network=network_config(request.arch, base_channels=base_channels(request)),
         scheduler=scheduler_config(), iterations=request.iterations, batch_size=request.batch_size,
         patch=request.patch, lr=request.lr, seed=request.seed, val_every=request.val_every,
+        sampling=sampling(request),
     )
     outcome = train(cases, settings, request.out, on_step)
     card = make_card(request, settings, outcome, len(cases), mapping)
