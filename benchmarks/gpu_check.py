@@ -1,6 +1,10 @@
 """GPU check: translate a 512x512x200 CT phantom with autocast; time, memory, bf16 vs fp32.
 
-    .venv/bin/python benchmarks/gpu_check.py [--checkpoint bundled|DIR] [--tiny] [--steps 20]
+    .venv/bin/python benchmarks/gpu_check.py [--checkpoint bundled|DIR] [--tiny] [--steps N] [--samples N]
+
+The sampler is the checkpoint's own (the bundled model: estimate, then DDIM from t0; steps =
+network evaluations per patch, default the card's). ``--samples 4`` also times the mean of four
+samples (issue 14's uncertainty needs several).
 
 Targets (issue 2): <= 20 s and <= 8 GB of GPU memory (torch.cuda.max_memory_allocated) on one
 GPU. Also runs the same volume in fp32 and reports the difference of the uint16 outputs.
@@ -51,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default="bundled")
     parser.add_argument("--tiny", action="store_true", help="use a tiny random checkpoint")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=None, help="evaluations per patch (default: the card's)")
+    parser.add_argument("--samples", type=int, default=1)
     parser.add_argument("--sw-batch-size", type=int, default=8)
     parser.add_argument("--skip-fp32", action="store_true")
     args = parser.parse_args(argv)
@@ -67,13 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device           {torch.cuda.get_device_name(0)}")
     checkpoint = make_tiny_checkpoint(tempfile.mkdtemp()) if args.tiny else args.checkpoint
     ct = phantom()
-    settings = tr.TranslationSettings(steps=args.steps, device="cuda", sw_batch_size=args.sw_batch_size)
+    settings = tr.TranslationSettings(steps=args.steps, device="cuda", sw_batch_size=args.sw_batch_size,
+                                      samples=args.samples)
     translator = tr.Translator(checkpoint, settings)
     translator.translate(ct[:32, :128, :128], SPACING)  # warm-up (cuDNN autotune, allocator)
     result, seconds, peak, per_step = run_once(translator, ct)
     print(f"model            {result.model.name} ({result.model.architecture})")
     print(f"autocast         {translator._autocast}")
-    print(f"volume           {ct.shape} at {SPACING} mm, {args.steps} steps, sw_batch_size {args.sw_batch_size}")
+    print(f"volume           {ct.shape} at {SPACING} mm, {translator.settings.sampler} {translator.settings.steps} "
+          f"evaluations/patch, {args.samples} sample(s), sw_batch_size {args.sw_batch_size}")
     print(f"network evals    {result.network_evaluations}")
     print(f"total seconds    {seconds:.2f}  (target <= 20)")
     print(f"seconds/step     {np.median(per_step):.3f} (median)")

@@ -26,7 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     parser.add_argument("--data", required=True, type=Path, help="folder of cases (SynthRAD layout)")
     parser.add_argument("--checkpoint", default="bundled", help="checkpoint folder (default: the bundled model)")
-    parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    parser.add_argument("--steps", type=int,
+                        help="network evaluations per patch and sample (default: the model card's)")
+    parser.add_argument("--sampler", choices=["auto", "refine", "ddim", "ddpm"], default="auto",
+                        help="sampler (default auto: the model's own)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--samples", type=int, default=1,
                         help="samples averaged into each synthetic MR (default 1)")
@@ -41,11 +44,12 @@ def run(args: argparse.Namespace) -> int:
     from ..model.translator import TranslationSettings
     from ..training.evaluate import evaluate, format_table, write_report
 
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise ConfigError(f"--steps must be at least 1, got {args.steps}")
     if args.samples < 1:
         raise ConfigError(f"--samples must be at least 1, got {args.samples}")
-    settings = TranslationSettings(steps=args.steps, seed=args.seed, device=args.device, samples=args.samples)
+    settings = TranslationSettings(steps=args.steps, sampler=args.sampler, seed=args.seed, device=args.device,
+                                   samples=args.samples)
     report = evaluate(args.data, args.checkpoint, settings, args.limit, args.montage_dir)
     write_report(report, args.json_out)
     print(format_table(report))

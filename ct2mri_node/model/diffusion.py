@@ -15,6 +15,15 @@ Samplers: ``ddim`` is MONAI's deterministic DDIM (eta = 0) on evenly spaced "tra
 timesteps (T-1, T-1-k, ...) so that every step lands on the timestep MONAI's ``step`` assumes.
 ``ddpm`` is ancestral sampling: MONAI's DDPMScheduler when all T steps run, otherwise DDIM with
 eta = 1 (the strided equivalent of ancestral sampling; MONAI's DDPM step assumes stride 1).
+Both start from Gaussian noise (card ``sampling.method: noise``, the plain DDPM).
+
+``refine`` (card ``sampling.method: refine``, the enhanced model): the same network also gives a
+deterministic *estimate* of the MR (one pass at t = T-1 with a zero noisy input, trained with an
+L1 loss on its x0); sampling forward-diffuses that estimate to ``t0`` and runs a few DDIM steps
+down to 0 (Come-Closer-Diffuse-Faster, Chung et al. CVPR 2022; SDEdit), and training spends its
+diffusion budget on t in 1..t0 only, the timesteps sampling visits (Fast-DDPM). The DDIM step is
+written out with both timesteps explicit (:func:`ddim_step`), as MONAI 1.6's
+``DDIMScheduler.step`` assumes the previous timestep is ``t - T // n``.
 """
 
 from __future__ import annotations

@@ -154,7 +154,7 @@ def evaluate(
     return {
         "data": str(data),
         "model": asdict(translator.model_info),
-        "settings": asdict(settings),
+        "settings": asdict(translator.settings),  # resolved: the card's sampler and steps filled in
         "device": translator.device,
         "metric_definition": METRIC_DEFINITION,
         "cases": [asdict(r) for r in results],

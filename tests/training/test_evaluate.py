@@ -6,15 +6,20 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from ct2mri_node.training.phantoms import write_phantoms
 
 testing = pytest.importorskip("ct2mri_node.model.testing", reason="the model package provides the tiny checkpoint")
 
-CASE_KEYS = {"name", "mae", "psnr", "ssim", "network_evaluations", "seconds", "montage"}
+CASE_KEYS = {"name", "mae", "psnr", "ssim", "network_evaluations", "seconds", "montage", "correlation",
+             "tissue_order"}
+MEAN_KEYS = {"mae", "psnr", "ssim", "network_evaluations", "seconds", "correlation", "tissue_order_cases"}
 REPORT_KEYS = {"data", "model", "settings", "device", "metric_definition", "cases", "mean", "peak_memory"}
 
 
@@ -46,12 +51,59 @@ def test_evaluate_reports_every_case_with_finite_numbers(setup: tuple[Path, Path
         assert 0.0 <= case["mae"] <= 1.0 and -1.0 <= case["ssim"] <= 1.0
         assert case["network_evaluations"] > 0
         assert Path(case["montage"]).is_file()
+        assert -1.0 <= case["correlation"] <= 1.0
+        order = case["tissue_order"]  # phantoms have labels; tiny grids may leave no check applicable
+        assert set(order) == {"score", "held", "total", "failed"}
+        assert order["held"] + len(order["failed"]) == order["total"]
+        assert order["score"] is None if order["total"] == 0 else order["score"] == order["held"] / order["total"]
     assert loaded["mean"]["mae"] == pytest.approx(sum(c["mae"] for c in loaded["cases"]) / 2)
+    assert MEAN_KEYS <= set(loaded["mean"]) <= MEAN_KEYS | {"tissue_order"}
+    assert loaded["mean"]["correlation"] == pytest.approx(sum(c["correlation"] for c in loaded["cases"]) / 2)
+    scores = [c["tissue_order"]["score"] for c in loaded["cases"] if c["tissue_order"]["score"] is not None]
+    assert loaded["mean"]["tissue_order_cases"] == len(scores)
+    assert loaded["mean"].get("tissue_order") == (pytest.approx(sum(scores) / len(scores)) if scores else None)
+    assert "Tissue order" in loaded["metric_definition"] and "Correlation" in loaded["metric_definition"]
     assert loaded["model"]["architecture"] == "enhanced" and len(loaded["model"]["weight_hash"]) == 64
     assert loaded["settings"]["steps"] == 1 and loaded["device"] == "cpu"
     assert loaded["peak_memory"]["process_max_rss_bytes"] > 10 * 2**20
     table = format_table(loaded)
-    assert "case000_head" in table and "mean" in table
+    assert "case000_head" in table and "mean" in table and " r " in table and "order" in table
+
+
+class _Echo:
+    """A stand-in translator that returns a fixed volume as the synthetic MR."""
+
+    def __init__(self, volume: np.ndarray) -> None:
+        self.volume = volume
+
+    def translate(self, ct: np.ndarray, spacing: tuple[float, float, float]) -> SimpleNamespace:
+        return SimpleNamespace(mr=self.volume, network_evaluations=1, seconds=0.0)
+
+
+def test_case_scores_with_labels_perfect_and_inverted(tmp_path: Path) -> None:
+    """On a held-out case with labels: the real MR scores 1.0 on tissue order, its inverse low."""
+    from ct2mri_node.training.evaluate import evaluate_case, format_table
+    from ct2mri_node.training.families import write_family
+    from ct2mri_node.training.pairs import load_case, load_labels
+
+    folder = write_family(tmp_path, "heldout", 1, seed=4, kinds=("adult_head",))[0]
+    case, labels = load_case(folder), load_labels(folder)
+    perfect = evaluate_case(_Echo(case.mr), case, labels=labels)
+    assert perfect.tissue_order is not None and perfect.tissue_order["score"] == 1.0
+    assert perfect.tissue_order["failed"] == [] and perfect.tissue_order["total"] >= 7
+    assert perfect.correlation == pytest.approx(1.0) and perfect.ssim == pytest.approx(1.0)
+    inverted = evaluate_case(_Echo(case.mr.max() - case.mr), case, labels=labels)
+    assert inverted.tissue_order is not None and inverted.tissue_order["score"] <= 0.2
+    assert "white_matter > grey_matter" in inverted.tissue_order["failed"]
+    assert inverted.correlation == pytest.approx(-1.0)
+    unlabelled = evaluate_case(_Echo(case.mr), case)
+    assert unlabelled.tissue_order is None
+    report = {"cases": [asdict(inverted), asdict(unlabelled)],
+              "mean": {"mae": 0.1, "psnr": 20.0, "ssim": 0.5, "network_evaluations": 1, "seconds": 0.0},
+              "model": {"name": "m", "version": "1", "architecture": "a"}, "device": "cpu",
+              "peak_memory": {"process_max_rss_bytes": 2**20}}
+    table = format_table(report)  # an old report's mean (no correlation/order) still formats
+    assert "tissue order fails" in table and "white_matter > grey_matter" in table
 
 
 def test_evaluate_command(setup: tuple[Path, Path]) -> None:
@@ -59,13 +111,14 @@ def test_evaluate_command(setup: tuple[Path, Path]) -> None:
     out = root / "cli.json"
     cli = subprocess.run(
         [sys.executable, "-m", "ct2mri_node", "evaluate", "--data", str(root / "data"), "--checkpoint",
-         str(checkpoint), "--steps", "1", "--seed", "3", "--device", "cpu", "--limit", "1", "--json", str(out)],
+         str(checkpoint), "--steps", "1", "--seed", "3", "--samples", "2", "--device", "cpu", "--limit", "1",
+         "--json", str(out)],
         capture_output=True, text=True, timeout=300,
     )
     assert cli.returncode == 0, cli.stderr
     assert "case000_head" in cli.stdout and "mean" in cli.stdout
     report = json.loads(out.read_text())
-    assert len(report["cases"]) == 1 and report["settings"]["seed"] == 3
+    assert len(report["cases"]) == 1 and report["settings"]["seed"] == 3 and report["settings"]["samples"] == 2
     assert report["cases"][0]["montage"] is None
 
 
@@ -78,3 +131,13 @@ def test_evaluate_command_without_cases_fails_clearly(setup: tuple[Path, Path], 
     )
     assert cli.returncode == 3 and "no cases in" in cli.stderr
     assert not (tmp_path / "r.json").exists()
+
+
+def test_evaluate_command_rejects_zero_samples(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    root, checkpoint = setup
+    cli = subprocess.run(
+        [sys.executable, "-m", "ct2mri_node", "evaluate", "--data", str(root / "data"), "--checkpoint",
+         str(checkpoint), "--samples", "0", "--json", str(tmp_path / "r.json")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert cli.returncode == 2 and "--samples" in cli.stderr

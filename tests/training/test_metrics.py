@@ -109,3 +109,23 @@ def test_gaussian_filter_keeps_constants_and_mass() -> None:
     assert smoothed.sum() == pytest.approx(1.0)
     assert smoothed[0, 0, 20] == pytest.approx(kernel_peak := gaussian_kernel(2.0).max())
     assert kernel_peak < 0.25
+
+
+def test_masked_ssim_matches_skimage_with_an_all_true_mask() -> None:
+    """Our SSIM map is skimage's (Gaussian window, sigma 1.5, population covariances), mean over the
+    voxels at least SSIM_BORDER from the edge."""
+    structural_similarity = pytest.importorskip("skimage.metrics").structural_similarity
+    from ct2mri_node.training.metrics import SSIM_BORDER
+
+    rng = np.random.default_rng(11)
+    reference = gaussian_filter(rng.random((18, 22, 26)), 1.2)
+    prediction = 0.7 * reference + 0.3 * gaussian_filter(rng.random(reference.shape), 2.0)
+    mask = np.ones(reference.shape, dtype=bool)
+    data_range = float(reference.max() - reference.min())
+    _, full = structural_similarity(reference, prediction, gaussian_weights=True, sigma=1.5,
+                                    use_sample_covariance=False, data_range=data_range, full=True)
+    b = SSIM_BORDER
+    expected = float(full[b:-b, b:-b, b:-b].mean())
+    ours = masked_ssim(reference, prediction, mask, data_range)
+    assert ours == pytest.approx(expected, abs=1e-6)
+    assert 0.3 < ours < 0.99  # a non-trivial comparison
