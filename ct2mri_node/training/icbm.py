@@ -67,9 +67,8 @@ BRAIN_T1_THRESHOLD = 8.0
 #: Closing of the brain mask into the intracranial space: Gaussian sigma (mm) and level.
 INTRACRANIAL_SIGMA_MM = 3.0
 INTRACRANIAL_LEVEL = 0.3
-#: Grid caps (voxels) and spacing ranges (mm).
-MAX_INPLANE = 160
-MAX_SLICES = 80
+#: Grid caps (voxels): those of the randomised family. Spacing ranges (mm).
+MAX_INPLANE, MAX_SLICES = randomised.MAX_INPLANE, randomised.MAX_SLICES
 INPLANE_MM = (0.8, 2.5)
 SLICE_MM = (1.0, 4.0)
 #: Distance (mm) given to points outside the template: air.
@@ -165,15 +164,7 @@ def _grid(rng: np.random.Generator, tpl: Templates, shape: Sequence[int] | None,
     inplane, between = _u(rng, *INPLANE_MM), _u(rng, *SLICE_MM)
     fov_y = _u(rng, 200.0, 250.0)
     fov = (_u(rng, 100.0, 160.0), fov_y, fov_y * _u(rng, 0.85, 1.0))
-    spacing = tuple(float(v) for v in (spacing or (between, inplane, inplane)))
-    if shape is None:
-        caps = (MAX_SLICES, MAX_INPLANE, MAX_INPLANE)
-        shape = tuple(int(min(cap, max(16, round(f / s)))) for f, s, cap in zip(fov, spacing, caps))
-    shape = tuple(int(v) for v in shape)
-    if len(shape) != 3 or min(shape) < 8:
-        raise DataError(f"shape must be three sizes of at least 8 voxels, got {shape}")
-    if len(spacing) != 3 or min(spacing) <= 0:
-        raise DataError(f"spacing must be three positive mm values, got {spacing}")
+    shape, spacing = randomised.capped_grid(fov, spacing or (between, inplane, inplane), shape)
     extent = [(n - 1) * s for n, s in zip(shape, spacing)]  # z, y, x
     # Top of the field a little above the vertex; never much below the template's cut-off.
     top = tpl.top_z + _u(rng, 5.0, 25.0)

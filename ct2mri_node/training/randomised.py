@@ -155,17 +155,23 @@ def random_grid(rng: np.random.Generator, kind: str, shape: Sequence[int] | None
     fov = (_u(rng, z_lo, z_hi), _u(rng, y_lo, y_hi))
     fov = (fov[0], fov[1], fov[1] * _u(rng, a_lo, a_hi))
     inplane, between = _u(rng, *INPLANE_MM), _u(rng, *SLICE_MM)
-    if spacing is None:
-        spacing = (between, inplane, inplane)
+    return capped_grid(fov, (between, inplane, inplane) if spacing is None else spacing, shape)
+
+
+def capped_grid(fov_mm: Sequence[float], spacing: Sequence[float], shape: Sequence[int] | None = None,
+                caps: Sequence[int] = (MAX_SLICES, MAX_INPLANE, MAX_INPLANE),
+                ) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """The grid (shape, spacing; z, y, x) that covers ``fov_mm`` at ``spacing`` with 16 to ``caps`` voxels
+    per axis, or ``shape`` if given. Draws nothing; raises :class:`DataError` for a bad shape or spacing.
+    """
     spacing = tuple(float(v) for v in spacing)
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise DataError(f"spacing must be three positive mm values, got {spacing}")
     if shape is None:
-        caps = (MAX_SLICES, MAX_INPLANE, MAX_INPLANE)
-        shape = tuple(int(min(cap, max(16, round(f / s)))) for f, s, cap in zip(fov, spacing, caps))
+        shape = tuple(int(min(cap, max(16, round(f / s)))) for f, s, cap in zip(fov_mm, spacing, caps))
     shape = tuple(int(v) for v in shape)
     if len(shape) != 3 or min(shape) < 8:
         raise DataError(f"shape must be three sizes of at least 8 voxels, got {shape}")
-    if len(spacing) != 3 or min(spacing) <= 0:
-        raise DataError(f"spacing must be three positive mm values, got {spacing}")
     return shape, spacing  # type: ignore[return-value]
 
 

@@ -29,8 +29,9 @@ from . import pairs
 
 log = logging.getLogger(__name__)
 
-VERSION = "0.1.0"
-DEMO_DESCRIPTION = "demonstration model trained on synthetic phantoms, not on patients; not for diagnosis"
+VERSION = "0.2.0"
+DEMO_DESCRIPTION = ("demonstration model trained on synthetic data (randomised phantoms and ICBM152-derived heads), "
+                    "not on patients; not for diagnosis")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,31 +20,11 @@ from ct2mri_node.training.families import write_family  # noqa: E402
 from ct2mri_node.training.pairs import list_cases, load_case, load_labels  # noqa: E402
 from ct2mri_node.training.phantoms import PhantomCase  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # generator_checks, next to this file
+from generator_checks import assert_aligned_except_recorded_slices, interior_medians  # noqa: E402
+
 GRID = ((28, 112, 100), (4.0, 2.0, 2.0))
 NAME_TO_LABEL = {name: label for label, name in icbm.LABEL_NAMES.items()}
-
-
-def erode(mask: np.ndarray, steps: int = 1) -> np.ndarray:
-    """Binary erosion by ``steps`` voxels (6-connected; outside the volume counts as outside)."""
-    out = mask.copy()
-    for _ in range(steps):
-        padded = np.pad(out, 1, constant_values=False)
-        core = padded[1:-1, 1:-1, 1:-1].copy()
-        for axis in range(3):
-            for shift in (-1, 1):
-                core &= np.roll(padded, shift, axis)[1:-1, 1:-1, 1:-1]
-        out = core
-    return out
-
-
-def medians(case: PhantomCase, volume: np.ndarray, steps: int = 1, minimum: int = 20) -> dict[str, float]:
-    assert case.labels is not None
-    out = {}
-    for label, name in case.label_names.items():
-        core = erode(case.labels == label, steps)
-        if core.sum() >= minimum:
-            out[name] = float(np.median(volume[core]))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +109,7 @@ def test_ct_values_match_the_tables(cases: list[PhantomCase]) -> None:
     for case in cases:
         noise = case.info["randomised"]["ct"]["noise_sd_hu"]
         hu = case.info["randomised"]["ct_hu"]
-        measured = medians(case, case.ct, steps=1)
+        measured = interior_medians(case, case.ct)
         low, high = randomised.CT_RANGES[randomised.Tissue.WHITE]
         assert low - noise <= measured["white_matter"] <= high + noise
         # Grey matter voxels mix in white matter and CSF (probability maps): between them.
@@ -146,7 +127,7 @@ def test_mr_values_and_t1w_orders(cases: list[PhantomCase]) -> None:
     for case in cases:
         params = case.info["randomised"]["mr"]
         bias = np.exp(2.5 * params["bias_amplitude"])
-        measured = {k: v / randomised.MR_SCALE for k, v in medians(case, case.mr, steps=1).items()}
+        measured = {k: v / randomised.MR_SCALE for k, v in interior_medians(case, case.mr).items()}
         low, high = randomised.MR_RANGES[randomised.Tissue.WHITE]
         assert low / bias <= measured["white_matter"] <= high * bias
         assert measured["white_matter"] > measured["grey_matter"] > measured["csf"]
@@ -156,31 +137,9 @@ def test_mr_values_and_t1w_orders(cases: list[PhantomCase]) -> None:
             assert low <= value <= high
 
 
-def _slice_correlations(case: PhantomCase, mr: np.ndarray) -> dict[int, float]:
-    """Per-slice correlation of the MR with the noise-free label map of T1w values."""
-    assert case.labels is not None
-    table = np.zeros(256, dtype=np.float32)
-    for name, value in case.info["randomised"]["t1_relative"].items():
-        table[NAME_TO_LABEL[name]] = value
-    model = table[case.labels]
-    return {z: float(np.corrcoef(model[z].ravel(), mr[z].ravel())[0, 1])
-            for z in range(mr.shape[0]) if (case.labels[z] > 0).mean() > 0.1 and model[z].std() > 0}
-
-
 def test_ct_and_mr_are_aligned_except_the_recorded_slices(cases: list[PhantomCase]) -> None:
     for case in cases:
-        misaligned = {m["slice"]: m["shift_mm"] for m in case.info["misaligned_slices"]}
-        corr = _slice_correlations(case, case.mr)
-        aligned = [c for z, c in corr.items() if z not in misaligned]
-        assert aligned and min(aligned) > 0.7, (case.name, min(aligned))
-        undone = case.mr.copy()
-        for z, shift_mm in misaligned.items():
-            vox = [int(round(m / s)) for m, s in zip(shift_mm, case.spacing[1:])]
-            undone[z] = np.roll(case.mr[z], (-vox[0], -vox[1]), axis=(0, 1))
-        fixed = _slice_correlations(case, undone)
-        for z in misaligned:
-            if z in corr:
-                assert fixed[z] > corr[z], (case.name, z)
+        assert_aligned_except_recorded_slices(case, min_correlation=0.7)
 
 
 @pytest.mark.slow

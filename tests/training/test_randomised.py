@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -10,6 +13,10 @@ from ct2mri_node.errors import DataError
 from ct2mri_node.training import randomised
 from ct2mri_node.training.pairs import list_cases, load_case, load_labels
 from ct2mri_node.training.phantoms import PhantomCase
+from ct2mri_node.training.tissue_order import tissue_medians
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # generator_checks, next to this file
+from generator_checks import assert_aligned_except_recorded_slices, interior_medians  # noqa: E402
 
 #: A fixed, small grid per kind for the value tests (fast; the random grid is tested separately).
 GRIDS = {
@@ -18,30 +25,6 @@ GRIDS = {
     "abdomen": ((24, 96, 128), (5.0, 3.0, 3.0)),
 }
 NAME_TO_LABEL = {name: label for label, name in randomised.LABEL_NAMES.items()}
-
-
-def erode(mask: np.ndarray, steps: int = 1) -> np.ndarray:
-    """Binary erosion by ``steps`` voxels (6-connected; outside the volume counts as outside)."""
-    out = mask.copy()
-    for _ in range(steps):
-        padded = np.pad(out, 1, constant_values=False)
-        core = padded[1:-1, 1:-1, 1:-1].copy()
-        for axis in range(3):
-            for shift in (-1, 1):
-                core &= np.roll(padded, shift, axis)[1:-1, 1:-1, 1:-1]
-        out = core
-    return out
-
-
-def interior_medians(case: PhantomCase, volume: np.ndarray, steps: int = 1, minimum: int = 20) -> dict[str, float]:
-    """Median of ``volume`` inside each labelled tissue's interior (eroded), if big enough."""
-    assert case.labels is not None
-    out = {}
-    for label, name in case.label_names.items():
-        core = erode(case.labels == label, steps)
-        if core.sum() >= minimum:
-            out[name] = float(np.median(volume[core]))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -142,38 +125,13 @@ def test_measured_mr_values_and_t1w_orders(cases: list[PhantomCase]) -> None:
         assert checked >= 2
     heads = [c for c in cases if c.info["kind"] == "head"]
     for case in heads:
-        measured = interior_medians(case, case.mr, steps=1)
+        measured = tissue_medians(case.mr, case.labels, case.label_names, case.mask)
         assert measured["white_matter"] > measured["grey_matter"] > measured["csf"]
-
-
-def _slice_correlations(case: PhantomCase, mr: np.ndarray) -> dict[int, float]:
-    assert case.labels is not None
-    table = np.zeros(256, dtype=np.float32)
-    for name, value in case.info["randomised"]["t1_relative"].items():
-        table[NAME_TO_LABEL[name]] = value
-    model = table[case.labels]
-    out = {}
-    for z in range(mr.shape[0]):
-        if (case.labels[z] > 0).mean() > 0.1 and model[z].std() > 0:
-            out[z] = float(np.corrcoef(model[z].ravel(), mr[z].ravel())[0, 1])
-    return out
 
 
 def test_ct_and_mr_are_aligned_except_the_recorded_slices(cases: list[PhantomCase]) -> None:
     for case in cases:
-        misaligned = {m["slice"]: m["shift_mm"] for m in case.info["misaligned_slices"]}
-        corr = _slice_correlations(case, case.mr)
-        aligned = [c for z, c in corr.items() if z not in misaligned]
-        assert aligned and min(aligned) > 0.75, (case.name, min(aligned))
-        # Undoing a recorded shift brings that slice back onto the anatomy.
-        undone = case.mr.copy()
-        for z, shift_mm in misaligned.items():
-            vox = [int(round(m / s)) for m, s in zip(shift_mm, case.spacing[1:])]
-            undone[z] = np.roll(case.mr[z], (-vox[0], -vox[1]), axis=(0, 1))
-        fixed = _slice_correlations(case, undone)
-        for z in misaligned:
-            if z in corr:
-                assert fixed[z] > corr[z], (case.name, z)
+        assert_aligned_except_recorded_slices(case, min_correlation=0.75)
 
 
 @pytest.mark.slow
