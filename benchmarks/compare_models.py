@@ -39,6 +39,8 @@ def evaluate(label: str, checkpoint: Path, args: argparse.Namespace) -> dict[str
         cmd += ["--steps", steps or str(args.steps)]
     if args.limit:
         cmd += ["--limit", str(args.limit)]
+    if args.reuse and report.is_file():  # an earlier run of the same comparison (e.g. in another shell)
+        return json.loads(report.read_text())
     subprocess.run(cmd, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     return json.loads(report.read_text())
 
@@ -96,6 +98,7 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--limit", type=int, default=0)
     parser.add_argument("--record-in-card", action="store_true", help="write the means into each card.json")
+    parser.add_argument("--reuse", action="store_true", help="use a model's report already in --out instead of evaluating again")
     parser.add_argument("models", nargs="+", help="LABEL=CHECKPOINT_DIR")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", default="bundled")
     parser.add_argument("--data", type=Path, required=True, help="held-out cases (SynthRAD layout, with labels)")
     parser.add_argument("--steps", default="1,2,4,8,20")
-    parser.add_argument("--reference-steps", type=int, default=41)
+    parser.add_argument("--reference-steps", type=int, default=41,
+                        help="evaluations of the reference sample (may be one of --steps: then no extra run)")
     parser.add_argument("--reference-cases", type=int, default=2)
     parser.add_argument("--samples", type=int, default=1)
     parser.add_argument("--limit", type=int, default=0)
@@ -44,18 +45,23 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(s) for s in args.steps.split(",")]
     translators = {n: Translator(args.checkpoint, TranslationSettings(steps=n, samples=args.samples, device="cpu"))
                    for n in counts}
-    reference = Translator(args.checkpoint, TranslationSettings(steps=args.reference_steps, device="cpu"))
+    # The reference is one of the step counts when it is in the list (no second run), else its own translator.
+    reference = translators.get(args.reference_steps) or Translator(
+        args.checkpoint, TranslationSettings(steps=args.reference_steps, device="cpu"))
     cases = list_cases(args.data)[: args.limit or None]
     rows: list[dict[str, object]] = []
     for index, case_dir in enumerate(cases):
         case, labels = load_case(case_dir), load_labels(case_dir)
-        ref = None
-        if index < args.reference_cases:
-            ref = normalise(reference.translate(case.ct, case.spacing).mr.astype(np.float32), case.mask)
+        outputs: dict[int, tuple[np.ndarray, float]] = {}
         for n, translator in translators.items():
             start = time.perf_counter()
-            mr = translator.translate(case.ct, case.spacing).mr.astype(np.float32)
-            seconds = time.perf_counter() - start
+            outputs[n] = (translator.translate(case.ct, case.spacing).mr.astype(np.float32), time.perf_counter() - start)
+        ref = None
+        if index < args.reference_cases:
+            ref_mr = outputs[args.reference_steps][0] if args.reference_steps in outputs else \
+                reference.translate(case.ct, case.spacing).mr.astype(np.float32)
+            ref = normalise(ref_mr, case.mask)
+        for n, (mr, seconds) in outputs.items():
             scores = compare(case.mr, mr, case.mask)
             order = tissue_order(mr, *labels, case.mask)["score"] if labels else None
             row = {"case": case.name, "steps": n, "ssim": scores.ssim, "psnr": scores.psnr, "mae": scores.mae,

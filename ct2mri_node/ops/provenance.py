@@ -36,6 +36,7 @@ def build_provenance(job: Job, result: PipelineResult) -> dict[str, Any]:
         "sampling": {
             "sampler": settings.sampler,
             "steps": settings.steps,
+            "samples": settings.samples,
             "seed": settings.seed,
             "overlap": settings.overlap,
             "device": translation.device,

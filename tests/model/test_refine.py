@@ -113,7 +113,7 @@ def test_body_box_adds_a_margin_and_stays_inside() -> None:
 
 def test_translator_uses_the_cards_sampler_and_steps(tiny_checkpoints: dict[str, Path], small_ct: np.ndarray) -> None:
     enhanced = Translator(tiny_checkpoints["enhanced"])
-    assert enhanced.settings.sampler == "refine" and enhanced.settings.steps == 3
+    assert enhanced.settings.sampler == "refine" and enhanced.settings.steps == 1
     ddpm = Translator(tiny_checkpoints["ddpm"])
     assert ddpm.settings.sampler == "ddim" and ddpm.settings.steps == 20
     with pytest.raises(ModelError, match="refine"):
