@@ -9,11 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..training.families import FAMILIES
 
 log = logging.getLogger(__name__)
-
-#: The data families (see ``training.families``), listed here so that ``--help`` imports nothing heavy.
-FAMILY_NAMES: tuple[str, ...] = ("phantom", "randomised", "icbm", "heldout")
 
 
 def _triple(cast: Callable[[str], Any], what: str) -> Callable[[str], tuple[Any, ...]]:
@@ -46,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--out", required=True, type=Path, help="folder to write the cases into")
     parser.add_argument("--cases", required=True, type=int, help="number of cases")
     parser.add_argument("--seed", type=int, default=0, help="seed of case 0; case i uses seed + i (default 0)")
-    parser.add_argument("--family", default="phantom", choices=FAMILY_NAMES,
+    parser.add_argument("--family", default="phantom", choices=tuple(FAMILIES),
                         help="data family (default phantom)")
     parser.add_argument("--kinds", default=None,
                         help="comma-separated kinds, used in turn (default: all of the family's kinds; "
@@ -71,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from ..training.pairs import load_case
     from ..training.phantoms import write_phantoms
 
-    family_name = getattr(args, "family", "phantom") or "phantom"
+    family_name = args.family
     known = tuple(family(family_name).KINDS)
     kinds = known if args.kinds is None else tuple(k.strip() for k in args.kinds.split(",") if k.strip())
     unknown = [k for k in kinds if k not in known]

@@ -123,7 +123,6 @@ class Translator:
 
     def __init__(self, checkpoint: str | os.PathLike[str] = "bundled",
                  settings: TranslationSettings = TranslationSettings()) -> None:
-        self.settings = settings
         self._ckpt: Checkpoint = load_checkpoint(checkpoint)
         card = self._ckpt.card
         self.model_info = ModelInfo(card.name, card.version, card.architecture, self._ckpt.weight_hash, card.description)
