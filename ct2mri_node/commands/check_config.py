@@ -31,7 +31,8 @@ def summary(config: NodeConfig) -> list[str]:
         f"calling AEs allowed: {callers}",
         f"spool: {config.spool_dir}",
         f"series complete after {config.series.quiet_period_s:g} s quiet",
-        f"model: {config.model.checkpoint} on {config.model.device}, {config.model.steps} steps",
+        f"model: {config.model.checkpoint} on {config.model.device}, "
+        f"{config.model.steps or 'the model default'} steps, {config.model.samples} sample(s)",
     ]
     for dest in config.destinations:
         where = (

@@ -10,10 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("SimpleITK")
-if __import__("importlib.util").util.find_spec("nilearn") is None:
-    pytest.skip("nilearn (ct2mri-node[train]) is not installed", allow_module_level=True)
-
+# nilearn is a test dependency (pyproject's test extra): without it these tests fail, they do not skip.
 from ct2mri_node.errors import DataError  # noqa: E402
 from ct2mri_node.training import icbm, randomised  # noqa: E402
 from ct2mri_node.training.families import write_family  # noqa: E402
