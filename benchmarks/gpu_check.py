@@ -17,7 +17,6 @@ import argparse
 import sys
 import tempfile
 import time
-from dataclasses import replace
 
 import numpy as np
 

@@ -1,12 +1,16 @@
 """Benchmark: translate a 256x256x128 CT phantom on the CPU and report time and memory.
 
     .venv/bin/python benchmarks/translate_cpu.py [--checkpoint bundled|DIR] [--steps N] [--samples N] [--full-fov]
+    .venv/bin/python benchmarks/translate_cpu.py --steps 2 --sweep 1,4,8   # cost of N samples vs 1
 
 Prints seconds per network pass, passes, total time, peak memory (RSS) and the ratio against
 1000-step DDPM sampling at the same per-pass cost. Target: <= 120 s on 2 CPU cores at the
 model's default steps. The phantom is ``ct2mri_node.training.phantoms`` (pelvis);
 ``--full-fov`` instead uses a body that fills the whole 384 mm field of view (the worst case for
 the body crop). ``--tiny`` uses a random tiny checkpoint (no trained model needed).
+``--sweep 1,4,8`` translates the same CT with each number of samples in this one process (the
+model loaded once per N, the CT the same) and prints each time and its ratio to the first N, with
+the seconds spent on the uncertainty map (the per-sample post-processing and standard deviation).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-channels", type=int, default=16, help="width for --random")
     parser.add_argument("--arch", default="enhanced", help="architecture for --random")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    parser.add_argument("--sweep", default="", help="comma-separated sample counts, e.g. 1,4,8")
     args = parser.parse_args(argv)
 
     import torch
@@ -73,12 +78,16 @@ def main(argv: list[str] | None = None) -> int:
     elif args.tiny:
         checkpoint = make_tiny_checkpoint(tempfile.mkdtemp())
     ct = full_fov_ct() if args.full_fov else phantom_ct()
+    if args.sweep:
+        return sweep(checkpoint, ct, args.steps, [int(n) for n in args.sweep.split(",")])
     translator = Translator(checkpoint, TranslationSettings(steps=args.steps, device="cpu", samples=args.samples))
     stamps: list[float] = []
     start = time.perf_counter()
     result = translator.translate(ct, SPACING, progress=lambda i, n: stamps.append(time.perf_counter()))
     total = time.perf_counter() - start
-    from ct2mri_node.training.evaluate import peak_memory  # after the run: its imports stay out of the peak
+    from ct2mri_node.training.evaluate import (
+        peak_memory,  # after the run: its imports stay out of the peak
+    )
 
     steps = len(stamps)
     per_step = (stamps[-1] - start) / steps if steps else float("nan")
@@ -94,6 +103,41 @@ def main(argv: list[str] | None = None) -> int:
     print(f"1000-step DDPM   {1000 * per_step + overhead:.0f} s at the same per-step cost "
           f"(x{(1000 * per_step + overhead) / total:.0f} slower)")
     print(f"target 120 s     {'met' if total <= 120 else 'MISSED'}")
+    return 0
+
+
+def sweep(checkpoint: object, ct: np.ndarray, steps: int | None, counts: list[int]) -> int:
+    """Translate ``ct`` with each sample count in ``counts``; print times and ratios to the first."""
+    import torch
+
+    from ct2mri_node.model import translator as translator_module
+    from ct2mri_node.model.translator import TranslationSettings, Translator
+
+    deviation_seconds: list[float] = []
+    original = translator_module.sample_deviation
+
+    def timed(*args: object, **kwargs: object) -> np.ndarray:
+        start = time.perf_counter()
+        out = original(*args, **kwargs)  # type: ignore[arg-type]
+        deviation_seconds.append(time.perf_counter() - start)
+        return out
+
+    translator_module.sample_deviation = timed  # type: ignore[assignment]
+    rows = []
+    for n in counts:
+        deviation_seconds.clear()
+        translator = Translator(checkpoint, TranslationSettings(steps=steps, device="cpu", samples=n))  # type: ignore[arg-type]
+        start = time.perf_counter()
+        result = translator.translate(ct, SPACING)
+        total = time.perf_counter() - start
+        rows.append((n, translator.settings.steps, result.network_evaluations, total, sum(deviation_seconds)))
+    from ct2mri_node.training.evaluate import peak_memory
+
+    print(f"volume {ct.shape} at {SPACING} mm, threads {torch.get_num_threads()}, checkpoint {checkpoint}")
+    print(f"{'samples':>7} {'steps':>5} {'net evals':>9} {'seconds':>8} {'x vs first':>10} {'SD map s':>8}")
+    for n, used_steps, evals, total, dev in rows:
+        print(f"{n:>7} {used_steps:>5} {evals:>9} {total:>8.1f} {total / rows[0][3]:>10.2f} {dev:>8.1f}")
+    print(f"peak RSS {peak_memory()['process_max_rss_bytes'] / 2**20:.0f} MiB")
     return 0
 
 

@@ -26,10 +26,13 @@ COMMANDS: tuple[str, ...] = (
     "train",
     "evaluate",
     "check_config",
+    "explain",
     "echo",
     "status",
     "retry",
     "purge",
+    "migrate_store",
+    "hash_password",
 )
 
 

@@ -58,8 +58,10 @@ class JobError(Ct2MriError):
 
 
 class SendError(Ct2MriError):
-    """Delivering to a destination failed; ``permanent`` says whether retrying can help."""
+    """Delivering to a destination failed; ``permanent`` says whether retrying can help, and
+    ``retry_after_s`` how long the peer asked us to wait before trying again (HTTP Retry-After)."""
 
-    def __init__(self, message: str, permanent: bool = False) -> None:
+    def __init__(self, message: str, permanent: bool = False, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.permanent = permanent
+        self.retry_after_s = retry_after_s

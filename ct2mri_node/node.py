@@ -18,43 +18,51 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
+from pydicom import Dataset
+
 from .config import NodeConfig
-from .errors import ConfigError, JobError
+from .errors import ConfigError, Ct2MriError, JobError
 from .faults import fault_point
+from .jobs.models import ModelPool
 from .jobs.queue import JobDispatch, LeasedClaims, Publisher, priority_for, worker_identity
-from .jobs.store import JobStore
-from .jobs.worker import Worker
+from .jobs.store import JobStore, open_job_store
+from .jobs.worker import Worker, route_of
 from .ops.health import HealthServer
-from .ops.metrics import MeteredJobStore, MeteredSpool, NodeMetrics
+from .ops.metrics import NodeMetrics
 from .ops.observer import OpsObserver
 from .ops.retention import RetentionSweeper
 from .ops.retention import enabled as retention_enabled
 from .receive.completion import CompletionWatcher
+from .receive.lock import ReceiverLock
 from .receive.scp import Admission, StoreSCP
-from .receive.spool import ReceiverLock, Spool, read_header
+from .receive.spool import Spool, read_header
+from .route.facts import SeriesFacts, read_facts, scan_series_folder
+from .route.rules import Decision, decide
 
 log = logging.getLogger(__name__)
 
 ROLES = ("all", "receiver")
 
 
-def _calling_ae() -> str | None:
-    """The calling AE title when run inside a pynetdicom association's thread (C-STORE handlers
-    run there), else None: lets the completion sink apply calling-AE priority rules."""
-    requestor = getattr(threading.current_thread(), "requestor", None)
-    title = getattr(requestor, "ae_title", None)
-    return str(title).strip() if title is not None else None
-
-
-def load_translator(config: NodeConfig) -> Any:
-    """Load the configured model once (the only place the node touches the model package)."""
+def load_translator(config: NodeConfig, name: str | None = None) -> Any:
+    """Load one named model (None: the only or first one); the only place the node touches the
+    model package."""
     from .model.translator import TranslationSettings, Translator
 
-    settings = TranslationSettings(steps=config.model.steps, seed=config.model.seed, device=config.model.device,
-                                   samples=config.model.samples)
-    return Translator(config.model.checkpoint, settings)
+    models = config.named_models()
+    settings_of = models[name] if name is not None else next(iter(models.values()))
+    settings = TranslationSettings(steps=settings_of.steps, seed=settings_of.seed, device=settings_of.device,
+                                   samples=settings_of.samples)
+    return Translator(settings_of.checkpoint, settings)
+
+
+def model_pool(config: NodeConfig) -> ModelPool:
+    """Every named model of the config, each loaded on first use (see ``jobs/models.py``)."""
+    return ModelPool(config.named_models(), lambda name: load_translator(config, name),
+                     config.worker.max_loaded_models)
 
 
 class Node:
@@ -68,8 +76,9 @@ class Node:
                               "with the local queue no other process would translate")
         self.config = config
         self.role = role
-        self.metrics = NodeMetrics()
-        self.spool: Spool = MeteredSpool(config.spool_dir, self.metrics)
+        self.metrics = NodeMetrics(receives=True, translates=role == "all")
+        self.spool = Spool(config.spool_dir)
+        self.metrics.observe_spool(self.spool)
         self.health: HealthServer | None = None
         self._translator = translator
         self._stop = threading.Event()
@@ -82,7 +91,6 @@ class Node:
         self.publisher: Publisher | None = None
         self.retention: RetentionSweeper | None = None
         self._receiver_lock: ReceiverLock | None = None
-        self._calling: dict[str, str] = {}
 
     @property
     def distributed(self) -> bool:
@@ -92,20 +100,38 @@ class Node:
     # completion sink: the job store, plus waking the worker
     def series_received(self, series_uid: str, study_uid: str) -> None:
         """First instance of a series: open its ``received`` job record."""
-        calling = _calling_ae()
-        if calling is not None and self.config.queue.urgent:
-            self._calling[series_uid] = calling
         self._store().series_received(series_uid, study_uid)
 
-    def series_complete(self, series_uid: str, study_uid: str, last_instance_at: float) -> None:
-        """Series complete: queue its job and wake the worker."""
+    def series_complete(
+        self, series_uid: str, study_uid: str, last_instance_at: float, calling_ae: str | None = None
+    ) -> None:
+        """Series complete: route it by the rules, then queue its job and wake the worker (or
+        record it ignored, removing its CT, or refused)."""
         fault_point("after_spool_before_job")
-        priority = self._priority(series_uid) if self.dispatch is not None else None
+        decided_at = time.monotonic()
+        decision = self._decide(series_uid, calling_ae)
+        translate = decision.action == "translate"
+        priority = self._priority(series_uid, calling_ae) if self.dispatch is not None and translate else None
         # set on the open job before it is queued, so no sweep can publish it with the default
         early = self.dispatch.set_priority(series_uid, priority) if self.dispatch and priority else None
-        self._store().series_complete(series_uid, study_uid, last_instance_at)
+        # the one step that may fail and be retried by completion (it is idempotent: an open job
+        # is reused); nothing after it may raise, or a retry could queue a second job
+        job_id = self._store().series_complete(series_uid, study_uid, last_instance_at, calling_ae,
+                                               route=route_of(decision))
+        self.metrics.routing_decisions.labels(rule=decision.rule, action=decision.action).inc()
+        if decision.action != "translate":
+            log.info("job %s of series %s %s by rule %r: %s", job_id, series_uid,
+                     "ignored" if decision.action == "ignore" else "refused", decision.rule, decision.reason)
+        if decision.action == "ignore":
+            self._remove_ignored(series_uid, job_id, decided_at)
+            return
+        if not translate:
+            return
         if self.dispatch is not None and priority is not None:
-            job_id = early or self.dispatch.set_priority(series_uid, priority)
+            try:
+                job_id = early or self.dispatch.set_priority(series_uid, priority)
+            except Ct2MriError as exc:   # queued all the same; published with the default priority
+                log.error("job %s of series %s: could not set priority %s: %s", job_id, series_uid, priority, exc)
             if priority == "urgent":
                 log.info("job %s of series %s goes to the urgent queue", job_id, series_uid)
         if self.publisher is not None:
@@ -113,31 +139,64 @@ class Node:
         if self.worker is not None:
             self.worker.wake()
 
-    def _priority(self, series_uid: str) -> str:
+    def _decide(self, series_uid: str, calling_ae: str | None) -> Decision:
+        """The routing decision for a complete series, from the header of its first instance (lowest
+        InstanceNumber, as ``explain`` reads it); a series whose headers cannot be read is refused
+        (with rules) rather than guessed."""
+        if self.config.rules is None:
+            return decide(self.config, SeriesFacts(dataset=Dataset(), calling_ae=calling_ae))
+        try:
+            first = scan_series_folder(self.spool.incoming / series_uid).first   # lowest InstanceNumber
+            facts = read_facts(first, calling_ae=calling_ae)
+        except Exception as exc:  # noqa: BLE001 (the job records the reason; the CT stays spooled)
+            log.warning("series %s cannot be routed: %s", series_uid, exc)
+            return Decision(rule="(unreadable)", action="refuse", model=None, destinations=None,
+                            reason=f"the series' header cannot be read for routing: {exc}")
+        return decide(self.config, facts)
+
+    def _remove_ignored(self, series_uid: str, job_id: int, decided_at: float) -> None:
+        """An ignored series' spooled CT is removed (kept when an instance arrived since the
+        decision, or another job of the series still needs it)."""
+        try:
+            removed = self.spool.remove_series(
+                series_uid, confirm=lambda: self._store().mark_ignored_purged(job_id),
+                unless_stored_since=decided_at)
+        except Ct2MriError as exc:
+            log.error("could not remove ignored series %s from the spool: %s", series_uid, exc)
+            return
+        if not removed:
+            log.info("ignored series %s kept in the spool: it gained an instance or another job needs it",
+                     series_uid)
+
+    def _priority(self, series_uid: str, calling_ae: str | None) -> str:
         """``urgent`` or ``routine`` by the ``queue.urgent`` rules (calling AE, series description)."""
         rules = self.config.queue.urgent
         if not rules:
             return "routine"
         description = self.spool.series_description(series_uid)
-        return priority_for(rules, self._calling.pop(series_uid, None), description)
+        return priority_for(rules, calling_ae, description)
 
     def start(self) -> None:
         """Open the spool and store, load the model, start watching, working and listening."""
         self.spool.create()
         self._receiver_lock = self.spool.lock_receiver()
         self.spool.remove_leftovers()
-        self.store = MeteredJobStore(self.spool.db_path, self.metrics)
+        self.store = open_job_store(self.config)   # job_store.url, else SQLite in the spool
+        self.metrics.observe_store(self.store)
         if self.distributed:
             self._start_publisher(self.store)
         else:
             self.store.recover()
         if self.config.ops.http_port is not None:
-            ready = lambda: self.role == "receiver" or self._translator is not None  # noqa: E731
-            self.health = HealthServer(self.config, self.metrics, ready)
+            loaded = (lambda: self._translator is not None) if self.role == "all" else None
+            self.health = HealthServer(self.config, self.metrics, loaded, self.store)
             self.health.start()
         if self._translator is None and self.role == "all":
-            self._translator = load_translator(self.config)
-        self.watcher = CompletionWatcher(self, self.config.series.quiet_period_s)
+            pool = model_pool(self.config)
+            pool.first()   # ready only once a model works; the others load on first use
+            self._translator = pool
+        self.watcher = CompletionWatcher(self, self.config.series.quiet_period_s,
+                                         open_association_quiet_s=self.config.series.open_association_quiet_s)
         self._redetect()
         self.watcher.start()
         if self.role == "all":
@@ -153,7 +212,8 @@ class Node:
         """Celery backend: the dispatch table and the thread that publishes job ids."""
         from .jobs.distributed import make_app, publisher_send
 
-        self.dispatch = JobDispatch(store, self.config.queue.lease_s, worker_identity(self.config.model.device))
+        device = next(iter(self.config.named_models().values())).device
+        self.dispatch = JobDispatch(store, self.config.queue.lease_s, worker_identity(device))
         self.publisher = Publisher(self.dispatch, publisher_send(make_app(self.config)), self.config.queue)
         self.publisher.start()
 

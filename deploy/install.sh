@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install ct2mri-node and everything its tests need on a fresh Debian 12 machine.
-# Creates ./.venv (Python 3.11+) and installs the Debian peers used by the tests (dcmtk, orthanc).
+# Creates ./.venv (Python 3.11+) and installs the Debian peers the tests talk to (dcmtk, orthanc with
+# its DICOMweb plugin, redis, postgresql, plastimatch, dcm2niix, chromium with its driver).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,12 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     command -v Orthanc >/dev/null 2>&1 || need="$need orthanc"
     command -v ip >/dev/null 2>&1 || need="$need iproute2"
     command -v redis-server >/dev/null 2>&1 || need="$need redis-server"   # broker of the scale-out tests
+    [ -x /usr/lib/postgresql/15/bin/initdb ] || need="$need postgresql"   # job store of the scale-out tests (job_store.url)
+    command -v plastimatch >/dev/null 2>&1 || need="$need plastimatch"     # real-reader tests
+    command -v dcm2niix >/dev/null 2>&1 || need="$need dcm2niix"           # real-reader tests
+    command -v chromium >/dev/null 2>&1 || need="$need chromium"           # status page browser test
+    command -v chromedriver >/dev/null 2>&1 || need="$need chromium-driver"
+    [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need="$need orthanc-dicomweb"   # DICOMweb destination test
     if [ -n "$need" ]; then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need >/dev/null

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import NoReturn
 
 import pydicom.config
 
@@ -13,6 +14,23 @@ pydicom.config.settings.writing_validation_mode = pydicom.config.RAISE
 
 # dcmtk and Orthanc stall ~40 ms per C-STORE with Nagle's algorithm on.
 os.environ.setdefault("TCP_NODELAY", "1")
+
+# -- real peers (Orthanc, dcmtk, redis-server, dciodvfy, unshare) --------------------------------
+def peer_missing(reason: str) -> NoReturn:
+    """A real peer a test needs cannot start: fail under CI (``CI`` set, as ``.ci/run`` does), where
+    every peer is installed and a skip would hide a broken environment; skip elsewhere."""
+    import pytest
+
+    if os.environ.get("CI"):
+        pytest.fail(f"real peer unavailable under CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_peer(available: bool, reason: str) -> None:
+    """:func:`peer_missing` with ``reason`` unless ``available``."""
+    if not available:
+        peer_missing(reason)
+
 
 # -- shared fixtures of the node, reliability, operations and scale-out tests -------------------
 # (the test kits, nodekit and the rest, are importable through pyproject's pytest pythonpath)
@@ -62,6 +80,12 @@ def start_node(translator: Translator) -> Iterator[Callable[[NodeConfig], Node]]
     yield start
     for node in nodes:
         node.stop()
+
+
+@pytest.fixture(name="require_peer")
+def require_peer_fixture() -> Callable[[bool, str], None]:
+    """:func:`require_peer` for test modules (a conftest is not imported by name)."""
+    return require_peer
 
 
 @pytest.fixture

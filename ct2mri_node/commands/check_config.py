@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from ..config import NodeConfig, load_config
+from ..config import DEFAULT_MODEL_NAME, NodeConfig, RangeMatch, load_config
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +31,44 @@ def summary(config: NodeConfig) -> list[str]:
         f"calling AEs allowed: {callers}",
         f"spool: {config.spool_dir}",
         f"series complete after {config.series.quiet_period_s:g} s quiet",
-        f"model: {config.model.checkpoint} on {config.model.device}, "
-        f"{config.model.steps or 'the model default'} steps, {config.model.samples} sample(s)",
     ]
+    models = config.named_models()
+    for name, model in models.items():
+        label = "model" if list(models) == [DEFAULT_MODEL_NAME] else f"model {name}"
+        lines.append(f"{label}: {model.checkpoint} on {model.device}, "
+                     f"{model.steps or 'the model default'} steps, {model.samples} sample(s)")
+    lines += _rules_summary(config)
     for dest in config.destinations:
         where = (
-            f"{dest.ae_title}@{dest.host}:{dest.port}" if dest.type == "dicom" else str(dest.path)
+            f"{dest.ae_title}@{dest.host}:{dest.port}" if dest.type == "dicom"
+            else dest.url if dest.type == "dicomweb" else str(dest.path)
         )
         lines.append(f"destination {dest.name} ({dest.type}): {where}")
     if not config.destinations:
         lines.append("warning: no destinations; MR series stay in the spool only")
+    return lines
+
+
+def _rules_summary(config: NodeConfig) -> list[str]:
+    """One line per routing rule: its match and its action (``explain`` shows them applied)."""
+    if config.rules is None:
+        return [f"rules: none; every series is translated by model {next(iter(config.named_models()))}"]
+    if not config.rules:
+        return ["warning: rules is an empty list; every series is ignored (no rule matches)"]
+    lines = [f"rules ({len(config.rules)}, the first that matches decides; no match: ignored):"]
+    for number, rule in enumerate(config.rules, start=1):
+        match = ", ".join(
+            f"{key} {value.describe()}" if isinstance(value, RangeMatch) else f"{key} ~ /{value}/i"
+            for key, value in rule.match.items()
+        ) or "every series"
+        if rule.translate is not None:
+            action = f"translate with model {rule.translate}" + (
+                f" to {', '.join(rule.destinations)}" if rule.destinations else " to every destination")
+        elif rule.ignore:
+            action = "ignore"
+        else:
+            action = f"refuse: {rule.refuse}"
+        lines.append(f"  {number}. {rule.name}: {match} -> {action}")
     return lines
 
 

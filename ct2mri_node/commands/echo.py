@@ -7,7 +7,7 @@ import logging
 import time
 from pathlib import Path
 
-from ..config import DicomDestination, load_config
+from ..config import DicomDestination, DicomWebDestination, load_config
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -29,8 +29,14 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     dest = config.destination(args.destination)
+    if isinstance(dest, DicomWebDestination):   # a QIDO-RS search instead of C-ECHO
+        start = time.perf_counter()
+        echo(dest, config.node.ae_title)
+        print(f"QIDO-RS {dest.name} ({dest.url}): success in {1000 * (time.perf_counter() - start):.0f} ms")
+        return 0
     if not isinstance(dest, DicomDestination):
-        raise ConfigError(f"destination {dest.name} is a {dest.type} destination; only dicom ones can be echoed")
+        raise ConfigError(f"destination {dest.name} is a {dest.type} destination; only dicom and dicomweb "
+                          "ones can be echoed")
     start = time.perf_counter()
     echo(dest, config.node.ae_title)
     print(

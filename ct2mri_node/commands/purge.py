@@ -13,10 +13,9 @@ from pathlib import Path
 
 from ..config import load_config
 from ..errors import ConfigError
-from ..jobs.store import JobStore
+from ..jobs.store import open_job_store
 from ..ops.retention import SweepReport, enabled, sweep
 from ..receive.spool import Spool
-from .status import existing_db
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +50,9 @@ def run(args: argparse.Namespace) -> int:
         print("retention is off (retention.delivered_hours and retention.failed_hours are null): nothing to remove")
         return 0
     spool = Spool(config.spool_dir)
-    db = existing_db(config)
+    store = open_job_store(config, must_exist=True)   # job_store.url, else the spool's SQLite file
     if args.dry_run:
-        _print(sweep(JobStore(db), spool, settings, dry_run=True))
+        _print(sweep(store, spool, settings, dry_run=True))
         return 0
     try:
         lock = spool.lock_receiver()
@@ -65,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         ) from None
     try:
         spool.remove_leftovers()
-        _print(sweep(JobStore(db), spool, settings))
+        _print(sweep(store, spool, settings))
     finally:
         lock.release()
     return 0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..config import NodeConfig, load_config
 from ..errors import SpoolError
-from ..jobs.store import Job, JobStore
+from ..jobs.store import Job, JobStore, open_job_store
 from ..ops.provenance import job_report
 from ..receive.spool import Spool
 
@@ -43,14 +43,21 @@ def existing_db(config: NodeConfig) -> Path:
 
 
 def open_store(config_path: Path | None) -> JobStore:
-    """The job store of the configured spool; SpoolError when the node never ran there."""
-    return JobStore(existing_db(load_config(config_path)))
+    """The configured job store (``job_store.url``, else the spool's SQLite file), the same one
+    from any machine; SpoolError when a SQLite store was never made there."""
+    return open_job_store(load_config(config_path), must_exist=True)
 
 
 def _line(job: Job, provenance: dict[str, object] | None = None) -> str:
     when = datetime.fromtimestamp(job.created_at).strftime("%Y-%m-%d %H:%M:%S")
     timings = " ".join(f"{k}={v:.2f}s" for k, v in job.timings.items() if not k.endswith("_at"))
     text = f"{job.id:>5}  {job.state:<11} {when}  attempts={job.attempts}  series={job.series_uid}"
+    if job.rule is not None:
+        text += f"\n       rule {job.rule!r}: {job.action}"
+        if job.model is not None:
+            text += f" with model {job.model}"
+        if job.destinations is not None:
+            text += f" to {', '.join(job.destinations) or 'no destination'}"
     if timings:
         text += f"\n       {timings}"
     for d in job.deliveries:

@@ -5,6 +5,12 @@ configured Redis broker (urgent first), and runs each job from the shared spool:
 time per process, one process per device. Several workers on one machine must use different
 GPUs (``--device cuda:N``); a second worker on the same GPU is refused. Stops cleanly on
 SIGTERM/SIGINT after the job in hand (Celery's warm shutdown).
+
+With ``ops.http_port`` set, the worker serves ``/metrics``, ``/healthz`` and ``/readyz`` on its
+own port (0: a free one, printed at start) and exports what a translating role updates:
+translations, sends, latency, rejections, jobs by state, spool free bytes and destination
+probes (``ops/metrics.py`` lists which role exports which metric). Give each worker on one
+machine its own port.
 """
 
 from __future__ import annotations
@@ -54,11 +60,17 @@ def worker_config(config: NodeConfig, device: str | None) -> NodeConfig:
                           "with the local queue, `ct2mri-node serve` translates in its own process")
     if device is None:
         return config
-    try:
+    try:   # every named model runs on this worker's device (one worker per GPU)
         model = ModelSettings(**{**config.model.model_dump(), "device": device})
+        models = {name: ModelSettings(**{**m.model_dump(), "device": device}) for name, m in config.models.items()}
     except ValidationError as exc:
         raise ConfigError(f"--device: {exc.errors()[0]['msg']}") from None
-    return config.model_copy(update={"model": model})
+    return config.model_copy(update={"model": model, "models": models})
+
+
+def worker_device(config: NodeConfig) -> str:
+    """The device this worker translates on: that of its first named model (``--device`` sets all)."""
+    return next(iter(config.named_models().values())).device
 
 
 def lock_device(device: str, folder: Path | None = None) -> IO[str] | None:
@@ -89,16 +101,33 @@ def run(args: argparse.Namespace) -> int:
 
     from ..jobs.distributed import WorkerRuntime, make_app, publisher_send, register_task
     from ..jobs.queue import Publisher, worker_identity
-    from ..node import load_translator
+    from ..node import model_pool
+    from ..ops.health import HealthServer
+    from ..ops.metrics import NodeMetrics
     from ..ops.observer import OpsObserver
 
     config = worker_config(load_config(args.config), args.device)
     queues = _queues(args.queues)
-    device = config.model.device
+    device = worker_device(config)
+    if device == "auto":   # resolve before locking, so `auto` on a GPU machine takes the GPU's lock too
+        from ..model.translator import resolve_device
+
+        resolved = str(resolve_device("auto")[0])
+        device = "cuda:0" if resolved == "cuda" else resolved
+        config = worker_config(config, device)
     lock = lock_device(device)
-    translator = load_translator(config)
+    translator = model_pool(config)
+    translator.first()   # ready once a model works; the others load on first use
     runtime = WorkerRuntime.build(config, translator, worker_identity(device))
-    runtime.worker.observer = OpsObserver(runtime.worker.store, None, config.ops.qa_preview)
+    metrics = NodeMetrics(receives=False, translates=True)
+    metrics.observe_store(runtime.worker.store)
+    metrics.watch_spool(runtime.worker.spool)
+    runtime.worker.observer = OpsObserver(runtime.worker.store, metrics, config.ops.qa_preview)
+    health: HealthServer | None = None
+    if config.ops.http_port is not None:
+        health = HealthServer(config, metrics, lambda: True, runtime.worker.store)   # the model is loaded
+        health.start()
+        print(f"ct2mri-node worker operations endpoint on port {health.port}", flush=True)
     app = make_app(config)
     app.conf.worker_redirect_stdouts = False
     register_task(app, runtime)
@@ -119,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
         ).start()
     finally:
         publisher.stop()
+        if health is not None:
+            health.stop()
         if lock is not None:
             lock.close()
     return 0

@@ -2,9 +2,10 @@
 
 Implements the labelling and reference profile of ``shared/DICOM-OUTPUT.md``: patient and study
 copied byte for byte with their character set, the CT's frame of reference, deterministic UIDs,
-"synthetic and derived" said in every way DICOM offers, references to every source CT slice,
-contributing equipment for our node and for the scanner, no invented MR acquisition parameters
-and no CT-only attributes. A pure function: values in, datasets out (no I/O, no torch).
+"synthetic and derived" said in every way DICOM offers, each instance referencing its own
+source CT slice (so encoding stays linear in the number of slices), contributing equipment
+for our node and for the scanner, no invented MR acquisition parameters and no CT-only
+attributes. A pure function: values in, datasets out (no I/O, no torch).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from pydicom.valuerep import VR, PersonName, format_number_as_ds
 
 from .. import __version__
 from ..errors import ModelError
-from .uids import derive_output_uids
+from .uids import OutputUids, SourceKey, derive_output_uids
 
 if TYPE_CHECKING:  # deliver/ never imports the model (and torch) at run time
     from ..model.translator import TranslationResult
@@ -99,23 +100,34 @@ def encode_series(
 ) -> list[Dataset]:
     """One MR Image Storage dataset per CT slice, in CT slice order (InstanceNumber 1..n)."""
     mr = _checked_pixels(ct, result)
-    uids = derive_output_uids(
-        ct.series_instance_uid,
-        [_source_key(s) for s in ct.slices],
-        result.model.weight_hash,
-        pixel_settings(result),
-    )
+    uids = output_uids(ct, result)
     when = options.contribution_datetime or dt.datetime.now(dt.timezone.utc)
     series = _series_dataset(ct, result, options, uids.series_instance_uid, when)
     shared = list(series.elements())
     normal = _normal(ct)
     datasets = [
-        _slice_dataset(shared, normal, index, source, mr[index], uids.sop_instance_uids[index])
+        _slice_dataset(shared, normal, index, source, mr[index], uids.sop_instance_uids[index],
+                       ct.series_instance_uid)
         for index, source in enumerate(ct.slices)
     ]
     log.info("encoded synthetic MR series %s: %d instances from CT series %s",
              uids.series_instance_uid, len(datasets), ct.series_instance_uid)
     return datasets
+
+
+def output_uids(ct: CTVolume, result: TranslationResult) -> OutputUids:
+    """The MR series' UIDs from everything that determines its pixels (see ``deliver/uids.py``):
+    the CT series and each slice's pixels, the grid, weights, settings, version and precision."""
+    settings = (*pixel_settings(result),
+                "spacing", *ct.spacing, "orientation", *ct.orientation)
+    return derive_output_uids(
+        ct.series_instance_uid,
+        [_source_key(s) for s in ct.slices],
+        result.model.weight_hash,
+        settings,
+        software_version=__version__,
+        precision=uid_precision(result),
+    )
 
 
 def pixel_settings(result: TranslationResult) -> tuple[object, ...]:
@@ -124,10 +136,18 @@ def pixel_settings(result: TranslationResult) -> tuple[object, ...]:
     return (result.model.architecture, s.sampler, s.steps, s.seed, s.overlap, s.samples)
 
 
-def _source_key(source: SliceSource) -> str:
-    if source.frame_number is None:
-        return source.sop_instance_uid
-    return f"{source.sop_instance_uid}#{source.frame_number}"
+def uid_precision(result: TranslationResult) -> str:
+    """Device class and precision, e.g. "cpu-fp32" or "cuda-bf16": the arithmetic that made
+    the pixels (CPU and GPU kernels round differently even at the same precision)."""
+    device_class = str(result.device).split(":", 1)[0] or "cpu"
+    return f"{device_class}-{result.precision}"
+
+
+def _source_key(source: SliceSource) -> SourceKey:
+    instance = source.sop_instance_uid
+    if source.frame_number is not None:
+        instance = f"{instance}#{source.frame_number}"
+    return SourceKey(instance, source.pixel_digest, source.position)
 
 
 def _checked_pixels(ct: CTVolume, result: TranslationResult) -> np.ndarray:
@@ -212,23 +232,28 @@ def _labels(ds: Dataset, ct: CTVolume, result: TranslationResult) -> None:
 
 
 def _references(ds: Dataset, ct: CTVolume) -> None:
-    """RelatedSeriesSequence (General Series) and ReferencedSeriesSequence (Common Instance Ref.)."""
+    """RelatedSeriesSequence (General Series): the source CT series, the same on every instance.
+
+    ReferencedSeriesSequence lists only what each instance references itself, so it is set per
+    slice (:func:`_referenced_series`), not here.
+    """
     related = Dataset()
     related.StudyInstanceUID = ct.header.StudyInstanceUID
     related.SeriesInstanceUID = ct.series_instance_uid
     related.PurposeOfReferenceCodeSequence = [_code(*SOURCE_SERIES)]
     ds.RelatedSeriesSequence = [related]
+
+
+def _referenced_series(series_uid: str, source: SliceSource) -> Dataset:
+    """Common Instance Reference item: the CT series with the one instance this slice references
+    in its SourceImageSequence (a constant size per instance, whatever the series length)."""
+    item = Dataset()
+    item.ReferencedSOPClassUID = source.sop_class_uid
+    item.ReferencedSOPInstanceUID = source.sop_instance_uid
     referenced = Dataset()
-    referenced.SeriesInstanceUID = ct.series_instance_uid
-    instances: dict[str, Dataset] = {}
-    for source in ct.slices:
-        if source.sop_instance_uid not in instances:
-            item = Dataset()
-            item.ReferencedSOPClassUID = source.sop_class_uid
-            item.ReferencedSOPInstanceUID = source.sop_instance_uid
-            instances[source.sop_instance_uid] = item
-    referenced.ReferencedInstanceSequence = list(instances.values())
-    ds.ReferencedSeriesSequence = [referenced]
+    referenced.SeriesInstanceUID = series_uid
+    referenced.ReferencedInstanceSequence = [item]
+    return referenced
 
 
 def _contributing_equipment(ds: Dataset, ct: CTVolume, result: TranslationResult,
@@ -313,13 +338,15 @@ def _mr_acquisition(ds: Dataset) -> None:
 # --- per-slice attributes ---------------------------------------------------------------------
 
 def _slice_dataset(shared: Sequence[DataElement], normal: np.ndarray, index: int,
-                   source: SliceSource, pixels: np.ndarray, sop_instance_uid: str) -> Dataset:
+                   source: SliceSource, pixels: np.ndarray, sop_instance_uid: str,
+                   source_series_uid: str) -> Dataset:
     """One instance: the series attributes plus position, references and pixels.
 
     Each instance gets its own copy of every series-level element, but the values are shared:
-    text and numbers are immutable, and the sequences (the reference to every CT instance
-    among them) are one object for the whole series, so that encoding stays linear in the
-    number of slices. Treat the sequence items of an encoded instance as read-only.
+    text and numbers are immutable, and the series-level sequences are one object for the
+    whole series. The references (SourceImageSequence, ReferencedSeriesSequence) name only
+    this slice's source, so an instance's size does not depend on the series length. Treat
+    the sequence items of an encoded instance as read-only.
     """
     ds = Dataset()
     for element in shared:
@@ -329,6 +356,7 @@ def _slice_dataset(shared: Sequence[DataElement], normal: np.ndarray, index: int
     ds.ImagePositionPatient = [format_number_as_ds(float(v)) for v in source.position]
     ds.SliceLocation = format_number_as_ds(_slice_location(normal, source))
     ds.SourceImageSequence = [_source_image(source)]
+    ds.ReferencedSeriesSequence = [_referenced_series(source_series_uid, source)]
     ds[_PIXEL_DATA] = DataElement(_PIXEL_DATA, "OW",
                                   np.ascontiguousarray(pixels, dtype="<u2").tobytes())
     meta = FileMetaDataset()
@@ -373,9 +401,9 @@ def _source_image(source: SliceSource) -> Dataset:
 class FileEncoder:
     """DICOM file bytes of encoded instances, each shared sequence value encoded only once.
 
-    The instances of one series share their series-level sequences (the reference to every
-    CT instance among them), so pydicom's ``dcmwrite`` would re-encode an O(n) sequence in
-    each of n files. This encoder writes the same bytes as
+    The instances of one series share their series-level sequences (contributing equipment,
+    related series, codes), which pydicom's ``dcmwrite`` would re-encode in each file. This
+    encoder writes the same bytes as
     ``ds.save_as(fp, enforce_file_format=True)`` (checked by the tests) and keeps the bytes of
     each sequence value it has seen. Datasets it cannot reproduce exactly (read from a file,
     another transfer syntax, a preamble of their own) go through ``dcmwrite`` unchanged.
@@ -503,4 +531,5 @@ def _dictionary_vr(tag: BaseTag) -> str:
         return "UN"
 
 
-__all__ = ["EncodeOptions", "FileEncoder", "encode_series", "pixel_settings", "copy_elements"]
+__all__ = ["EncodeOptions", "FileEncoder", "encode_series", "output_uids", "pixel_settings",
+           "uid_precision", "copy_elements"]

@@ -1,9 +1,17 @@
-"""Destinations: send a written MR series to a DICOM peer (C-STORE) or a folder.
+"""Destinations: send a written MR series (and its companions) to a DICOM peer (C-STORE) or a folder.
 
-Every C-STORE response is checked: only 0x0000 counts as stored. A warning or failure status,
-a lost connection or a missing response raises :class:`SendError`; ``permanent`` says whether
-retrying can help (an association rejected by the peer, a refused SOP class, a warning or a
-failure other than out-of-resources are permanent).
+The companion objects (Parametric Map uncertainty map, Secondary Capture QA image) are optional
+for a peer: one that accepts MR but rejects their presentation context still gets the MR, the
+companion is skipped with a warning and :class:`SendReport` ``skipped`` says so.
+
+Every C-STORE response status is classified with pynetdicom's ``code_to_category``. Success
+and Warning (e.g. 0xB000 coercion, 0xB006 element discarded, 0xB007 data set does not match
+SOP class) mean the archive stored the instance: a warning is logged with its Error Comment /
+Offending Element and the instance is not sent again. A Failure, a Cancel, a Pending or an
+unknown status, a lost connection or a missing response raises :class:`SendError`;
+``permanent`` says whether retrying can help (out of resources 0xA7xx, a cancel, no response
+and a transient association rejection are transient; any other failure, a status C-STORE does
+not define, a permanent rejection and a refused SOP class are permanent).
 """
 
 from __future__ import annotations
@@ -16,16 +24,35 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
+from pydicom.multival import MultiValue
+from pydicom.tag import Tag
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.status import (
+    STATUS_CANCEL,
+    STATUS_FAILURE,
+    STATUS_PENDING,
+    STATUS_SUCCESS,
+    STATUS_WARNING,
+    STORAGE_SERVICE_CLASS_STATUS,
+    code_to_category,
+)
 
-from ..config import DicomDestination, FolderDestination
+from ..config import DicomDestination, DicomWebDestination, FolderDestination
 from ..errors import SendError
 from ..fsutil import atomic_write, fsync_dir
 from ..tcp import NO_DELAY_HANDLERS
+from .uids import is_valid_uid
 
 log = logging.getLogger(__name__)
+
+#: SOP classes a peer may refuse without failing the send: the companions of the MR series.
+OPTIONAL_SOP_CLASSES: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.1.30": "Parametric Map Storage (uncertainty map)",
+    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage (QA image)",
+}
+
 
 @dataclass(frozen=True)
 class SendReport:
@@ -34,34 +61,51 @@ class SendReport:
     destination: str
     instances: int
     seconds_to_first: float | None = None   # from the start of the send to the first stored instance
+    warnings: int = 0                       # instances stored with a Warning status (each logged)
+    skipped: tuple[str, ...] = ()           # companion SOP classes the peer did not accept (not sent)
 
 
 def send_series(
-    destination: DicomDestination | FolderDestination, files: Sequence[Path], calling_ae: str
+    destination: DicomDestination | FolderDestination | DicomWebDestination, files: Sequence[Path],
+    calling_ae: str,
 ) -> SendReport:
     """Deliver ``files`` (one series) to ``destination``; SendError on any failure."""
     if not files:
         raise SendError(f"nothing to send to {destination.name}: the series has no files", permanent=True)
     if isinstance(destination, FolderDestination):
         return send_folder(destination, files)
+    if isinstance(destination, DicomWebDestination):   # STOW-RS (deliver/dicomweb.py)
+        from .dicomweb import send_dicomweb
+
+        return send_dicomweb(destination, files)
     return send_dicom(destination, files, calling_ae)
 
 
 # -- folder -----------------------------------------------------------------------------
 def send_folder(destination: FolderDestination, files: Sequence[Path]) -> SendReport:
-    """Copy the series to ``<path>/<series uid>/`` atomically, file by file."""
-    series_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
-    target = destination.path / series_uid
+    """Copy each file to ``<path>/<its series uid>/`` atomically (the MR series and each
+    companion in its own folder), file by file."""
+    by_series: dict[str, list[Path]] = {}
+    for path in files:
+        uid = str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+                  .SeriesInstanceUID)
+        if not is_valid_uid(uid):
+            raise SendError(f"{path.name} has an invalid Series Instance UID {uid!r}", permanent=True)
+        by_series.setdefault(uid, []).append(path)
+    target = destination.path
     try:
-        target.mkdir(parents=True, exist_ok=True)
-        for path in files:
-            atomic_write(target / path.name, path.read_bytes(), sync_dir=False)
-        fsync_dir(target)
+        for series_uid, paths in by_series.items():
+            target = destination.path / series_uid
+            target.mkdir(parents=True, exist_ok=True)
+            for path in paths:
+                atomic_write(target / path.name, path.read_bytes(), sync_dir=False)
+            fsync_dir(target)
     except OSError as exc:
         raise SendError(
             f"cannot write to folder destination {destination.name} ({target}): {exc.strerror or exc}"
         ) from exc
-    log.info("wrote %d instances to folder destination %s", len(files), destination.name)
+    log.info("wrote %d instances (%d series) to folder destination %s", len(files), len(by_series),
+             destination.name)
     return SendReport(destination.name, len(files))
 
 
@@ -129,49 +173,96 @@ def _associate(ae: AE, destination: DicomDestination) -> Association:
     )
 
 
-def _check_status(status: pydicom.Dataset, path: Path, destination: DicomDestination) -> None:
-    """Raise unless the C-STORE response says 0x0000 (warnings are failures too)."""
+def _status_text(code: int, status: pydicom.Dataset) -> str:
+    """``0xB000 (Coercion of Data Elements)`` plus the peer's Error Comment and Offending Element."""
+    meaning = STORAGE_SERVICE_CLASS_STATUS.get(code, ("", ""))[1]
+    text = f"0x{code:04X}" + (f" ({meaning})" if meaning else "")
+    comment = str(status.get("ErrorComment", "") or "").strip()
+    if comment:
+        text += f", error comment {comment!r}"
+    offending = status.get("OffendingElement")
+    if offending:
+        tags = offending if isinstance(offending, list | tuple | MultiValue) else [offending]
+        text += ", offending element(s) " + " ".join(str(Tag(t)) for t in tags)
+    return text
+
+
+def _check_status(status: pydicom.Dataset, path: Path, destination: DicomDestination) -> bool:
+    """Classify one C-STORE response: True when stored with a warning, False when stored
+    cleanly; SendError (``permanent`` set when retrying cannot help) when not stored."""
     code = getattr(status, "Status", None)
     if code is None:
         raise SendError(f"no C-STORE response from {destination.name} for {path.name} (timeout or lost connection)")
-    if code == 0x0000:
-        return
-    kind = "warning" if code in (0x0001, 0xB000, 0xB006, 0xB007) else "failure"
-    comment = str(status.get("ErrorComment", "")).strip()
-    message = f"destination {destination.name} answered {kind} 0x{code:04X} for {path.name}"
-    if comment:
-        message += f" ({comment})"
-    raise SendError(message, permanent=not 0xA700 <= code <= 0xA7FF)
+    category = code_to_category(int(code))
+    if category == STATUS_SUCCESS:
+        return False
+    described = _status_text(int(code), status)
+    if category == STATUS_WARNING:   # the archive stored it (possibly coerced): never send it again
+        log.warning("destination %s stored %s with warning %s", destination.name, path.name, described)
+        return True
+    prefix = f"destination {destination.name} answered"
+    if category == STATUS_FAILURE:
+        raise SendError(f"{prefix} failure {described} for {path.name}",
+                        permanent=not 0xA700 <= code <= 0xA7FF)   # out of resources: try again later
+    if category == STATUS_CANCEL:
+        raise SendError(f"{prefix} cancel {described} for {path.name}: not stored; sending again later")
+    if category == STATUS_PENDING:
+        raise SendError(f"{prefix} pending {described} for {path.name}, a status C-STORE does not define;"
+                        " the instance is not known to be stored", permanent=True)
+    raise SendError(f"{prefix} unknown status {described} for {path.name}; the instance is not known to be"
+                    " stored (check the archive's conformance statement)", permanent=True)
 
 
 def send_dicom(destination: DicomDestination, files: Sequence[Path], calling_ae: str) -> SendReport:
     """C-STORE every file on one association, checking every response status."""
     ae = _client_ae(calling_ae, destination)
-    for sop_class, syntax in sorted(_contexts(files)):
+    contexts = _contexts(files)
+    for sop_class, syntax in sorted(contexts):
         ae.add_requested_context(sop_class, _offered_syntaxes(syntax))
     assoc = _associate(ae, destination)
     start = time.perf_counter()
     first: float | None = None
+    warnings = 0
+    accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
+    skipped = sorted({sop for sop, _ in contexts if sop in OPTIONAL_SOP_CLASSES and sop not in accepted})
+    for sop in skipped:
+        log.warning("destination %s does not accept %s: not sent there (the MR series is)",
+                    destination.name, OPTIONAL_SOP_CLASSES[sop])
+    sending = [p for p in files if not skipped or _sop_class(p) not in skipped]
     try:
-        for path in files:
+        for path in sending:
             try:
                 status = assoc.send_c_store(path)
             except ValueError as exc:  # no accepted presentation context for this file
                 raise SendError(
                     f"destination {destination.name} does not accept {path.name}: {exc}", permanent=True
                 ) from exc
-            _check_status(status, path, destination)
+            warnings += _check_status(status, path, destination)
             if first is None:
                 first = time.perf_counter() - start
     finally:
         if assoc.is_established:
             assoc.release()
-    log.info("stored %d instances at destination %s", len(files), destination.name)
-    return SendReport(destination.name, len(files), first)
+    if warnings:
+        log.warning("stored %d instances at destination %s, %d of them with a warning status",
+                    len(sending), destination.name, warnings)
+    else:
+        log.info("stored %d instances at destination %s", len(sending), destination.name)
+    return SendReport(destination.name, len(sending), first, warnings,
+                      tuple(OPTIONAL_SOP_CLASSES[s] for s in skipped))
 
 
-def echo(destination: DicomDestination, calling_ae: str) -> None:
-    """C-ECHO a DICOM destination; SendError says what failed."""
+def _sop_class(path: Path) -> str:
+    return str(pydicom.filereader.read_file_meta_info(path).MediaStorageSOPClassUID)
+
+
+def echo(destination: DicomDestination | DicomWebDestination, calling_ae: str) -> None:
+    """C-ECHO a DICOM destination (a QIDO-RS search for a DICOMweb one); SendError says what failed."""
+    if isinstance(destination, DicomWebDestination):
+        from .dicomweb import echo_dicomweb
+
+        echo_dicomweb(destination)
+        return
     ae = _client_ae(calling_ae, destination)
     ae.add_requested_context(Verification)
     assoc = _associate(ae, destination)

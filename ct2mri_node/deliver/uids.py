@@ -1,8 +1,13 @@
 """Deterministic DICOM UIDs: ``2.25.`` + a UUIDv5 read as an integer.
 
-Re-running the same job (same CT instances, same weights, same pixel-changing settings) must
-give the same series and instance UIDs, so that a PACS sees a resent series as the same objects
-and never stores a second copy. No clock, host name or random number enters a UID.
+A UID stands for one set of pixels, always. The MR series and instance UIDs are derived from
+everything that determines the MR's pixels: the source series UID, each source slice (its
+SOP Instance UID, frame and a digest of its decoded pixels and rescale), the grid, the model's
+weight hash, the settings that change pixels, the software version and the numerical
+precision. So re-running the same job gives the same UIDs (a PACS sees a resent series as the
+same objects and never stores a second copy), and a CT re-sent under its old UIDs with other
+pixels, another model, version or precision gives new ones. No clock, host name or random
+number enters a UID. docs/conformance-statement.md says where the pixels are reproducible.
 """
 
 from __future__ import annotations
@@ -31,11 +36,24 @@ def is_valid_uid(value: str) -> bool:
     return len(value) <= 64 and bool(_UID_RE.match(value))
 
 
-def instances_digest(sop_instance_uids: Iterable[str]) -> str:
-    """SHA-256 hex of the sorted source SOP Instance UIDs (order of arrival must not matter)."""
+@dataclass(frozen=True)
+class SourceKey:
+    """One source slice as it enters the UIDs: the CT instance (and frame) and its pixels."""
+
+    instance: str        # SOP Instance UID, ``#<frame>`` appended for a frame of a multi-frame CT
+    pixel_digest: str    # sha256 hex of the slice's decoded pixels and rescale
+    position: tuple[float, float, float]   # ImagePositionPatient
+
+    def text(self) -> str:
+        """The slice as one unambiguous line (no field can hold a newline or a ``|``)."""
+        return f"{self.instance}|{self.pixel_digest}|{','.join(repr(float(v)) for v in self.position)}"
+
+
+def sources_digest(sources: Iterable[SourceKey]) -> str:
+    """SHA-256 hex of the source slices, sorted (the order of arrival must not matter)."""
     digest = hashlib.sha256()
-    for uid in sorted(sop_instance_uids):
-        digest.update(uid.encode("ascii"))
+    for line in sorted(source.text() for source in sources):
+        digest.update(line.encode("ascii"))
         digest.update(b"\n")
     return digest.hexdigest()
 
@@ -50,25 +68,34 @@ class OutputUids:
 
 def derive_output_uids(
     source_series_uid: str,
-    source_sop_instance_uids: Sequence[str],
+    sources: Sequence[SourceKey],
     weight_hash: str,
     pixel_settings: Sequence[object],
+    *,
+    software_version: str,
+    precision: str,
 ) -> OutputUids:
     """Derive the MR series UID and per-slice instance UIDs of one translation job.
 
-    ``source_sop_instance_uids`` are in output slice order: instance ``i`` of the MR series
-    is derived from the series key and the CT instance at slice ``i``. ``pixel_settings`` are
-    the settings that change the pixels (steps, seed, sampler, ...), in a fixed order.
+    ``sources`` are in output slice order: instance ``i`` of the MR series is derived from the
+    series UID and source slice ``i``. ``pixel_settings`` are the settings (and grid) that
+    change the pixels, in a fixed order. ``precision`` names the network's arithmetic ("fp32",
+    "bf16", "fp16", optionally with the device class). The series UID covers every input, so a
+    change to any one slice changes the series UID and with it every instance UID.
     """
+    if not sources:
+        raise ValueError("an MR series needs at least one source slice")
     key = (
         source_series_uid,
-        instances_digest(source_sop_instance_uids),
+        sources_digest(sources),
         weight_hash,
         *(str(s) for s in pixel_settings),
+        f"version={software_version}",
+        f"precision={precision}",
     )
     series_uid = uid_from("series", *key)
     instance_uids = tuple(
-        uid_from("instance", series_uid, index, source_uid)
-        for index, source_uid in enumerate(source_sop_instance_uids)
+        uid_from("instance", series_uid, index, source.text())
+        for index, source in enumerate(sources)
     )
     return OutputUids(series_instance_uid=series_uid, sop_instance_uids=instance_uids)

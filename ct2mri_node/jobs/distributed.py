@@ -21,7 +21,7 @@ from kombu import Queue
 from ..config import NodeConfig
 from ..receive.spool import Spool
 from .queue import PRIORITIES, JobDispatch, LeasedClaims
-from .store import JobStore
+from .store import open_job_store
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -82,11 +82,13 @@ class WorkerRuntime:
 
     @classmethod
     def build(cls, config: NodeConfig, translator: Any, owner: str) -> WorkerRuntime:
-        """Open the shared spool and job store; the translator is loaded by the caller, once
-        (the caller sets ``worker.observer``, which needs the store opened here)."""
+        """Open the shared spool and job store; the translator is loaded by the caller, once.
+
+        The caller wires operations to what is opened here (this module never imports ``ops``):
+        ``worker.observer`` and listeners on ``worker.store`` (the ``worker`` command does)."""
         spool = Spool(config.spool_dir)
         spool.create()
-        store = JobStore(spool.db_path)
+        store = open_job_store(config)
         dispatch = JobDispatch(store, config.queue.lease_s, owner)
         worker = Worker(config, store, spool, translator, claims=LeasedClaims(dispatch))
         return cls(config, worker, dispatch)

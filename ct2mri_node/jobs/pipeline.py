@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from pydicom.dataset import Dataset
 
+from ..deliver.companions import CompanionOptions, encode_companions
 from ..deliver.encode import EncodeOptions, FileEncoder, encode_series
 from ..deliver.uids import is_valid_uid
 from ..errors import InputError, SpoolError
@@ -44,23 +45,32 @@ class SupportsTranslate(Protocol):
 
 @dataclass(frozen=True)
 class PipelineOptions:
-    """Volume limits and labelling options for one translation."""
+    """Volume limits, labelling options and companion objects for one translation."""
 
     limits: VolumeLimits = field(default_factory=VolumeLimits)
     encode: EncodeOptions = field(default_factory=EncodeOptions)
+    companions: CompanionOptions = field(default_factory=CompanionOptions)
 
 
 @dataclass
 class PipelineResult:
     """The MR datasets and what they were made from (for summaries and timings).
 
-    ``timings`` holds the seconds of each stage: ``assembly``, ``translation``, ``encoding``.
+    ``timings`` holds the seconds of each stage: ``assembly``, ``translation``, ``encoding``
+    (the MR and its companions). ``companions`` are the uncertainty map and QA image that
+    ``PipelineOptions.companions`` asked for (written into the same folder, sent with the MR).
     """
 
     datasets: list[Dataset]
     volume: CTVolume
     translation: TranslationResult
     timings: dict[str, float] = field(default_factory=dict)
+    companions: list[Dataset] = field(default_factory=list)
+
+    @property
+    def all_datasets(self) -> list[Dataset]:
+        """The MR series, then its companions (what a job writes and sends)."""
+        return [*self.datasets, *self.companions]
 
 
 def run_pipeline(
@@ -80,12 +90,26 @@ def run_pipeline(
     result = translator.translate(volume.hu, volume.spacing, progress)
     translated = time.perf_counter()
     mr = encode_series(volume, result, options.encode)
+    companions = _companions(volume, result, mr, options, datasets)
     timings = {
         "assembly": translating - started,
         "translation": translated - translating,
         "encoding": time.perf_counter() - translated,
     }
-    return PipelineResult(datasets=mr, volume=volume, translation=result, timings=timings)
+    return PipelineResult(datasets=mr, volume=volume, translation=result, timings=timings, companions=companions)
+
+
+def _companions(volume: CTVolume, result: TranslationResult, mr: list[Dataset], options: PipelineOptions,
+                ct_datasets: Sequence[Dataset]) -> list[Dataset]:
+    """The companion objects asked for; a model that gives one sample whatever it is asked (the
+    regression UNet) has no spread to map, so its map is left out with a warning."""
+    wanted = options.companions
+    if wanted.uncertainty_map and result.uncertainty is None:
+        log.warning("series %s: no uncertainty map: model %s gave %d sample(s) (architecture %s)",
+                    volume.series_instance_uid, result.model.name, result.settings.samples,
+                    result.model.architecture)
+        wanted = CompanionOptions(uncertainty_map=False, qa_capture=wanted.qa_capture)
+    return encode_companions(volume, result, mr, wanted, options.encode, ct_datasets)
 
 
 def translate_series(
@@ -97,13 +121,23 @@ def translate_series(
     return run_pipeline(datasets, translator, options).datasets
 
 
+#: File name prefix per SOP class: the MR's files sort first, then the map (PM), the QA image (SC).
+FILE_PREFIXES: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.1.4": "MR",        # MR Image Storage
+    "1.2.840.10008.5.1.4.1.1.30": "PM",       # Parametric Map Storage
+    "1.2.840.10008.5.1.4.1.1.7": "SC",        # Secondary Capture Image Storage
+}
+
+
 def instance_file_name(ds: Dataset) -> str:
-    """``MR<instance>_<SOPInstanceUID>.dcm``, from validated values only (no path tricks)."""
+    """``MR<instance>_<SOPInstanceUID>.dcm`` (``PM``/``SC`` for the companions), from validated
+    values only (no path tricks)."""
     uid = str(ds.get("SOPInstanceUID", ""))
     if not is_valid_uid(uid):
         raise InputError(f"refusing to name a file after an invalid SOP Instance UID {uid!r}")
     number = int(ds.get("InstanceNumber", 0) or 0)
-    return f"MR{number:05d}_{uid}.dcm"
+    prefix = FILE_PREFIXES.get(str(ds.get("SOPClassUID", "")), "MR")
+    return f"{prefix}{number:05d}_{uid}.dcm"
 
 
 #: Threads that fsync written files: one fsync at a time waits out the disk's flush latency

@@ -1,15 +1,19 @@
 """How queued jobs reach workers: the in-process backend and the leases that let many worker
 processes share one job store.
 
-The job store (``jobs.sqlite3`` in the spool, :mod:`ct2mri_node.jobs.store`) stays the single
-source of truth. This module adds one table beside its tables, ``job_dispatch``, with per job:
+The job store (``jobs.sqlite3`` in the spool, or the PostgreSQL server of ``job_store.url``,
+:mod:`ct2mri_node.jobs.store`) stays the single source of truth. This module adds one table
+beside its tables, ``job_dispatch``, with per job:
 
 * ``priority``: ``urgent`` or ``routine`` (chosen by the ``queue.urgent`` rules of the config);
 * ``published_at``: when the job id was last handed to the broker;
 * ``owner`` and ``lease_until``: which worker runs the job, and until when it counts as alive.
 
-A worker claims a job by one SQLite transaction: a queued, due job, or a job whose owner's lease
-has lapsed (the owner died). While it runs the job it renews the lease; a re-delivered task for a
+A worker claims a job by one transaction: a queued, due job, or a job whose owner's lease has
+lapsed (the owner died). On SQLite the transaction locks the database; on PostgreSQL it locks only
+the job's row (``SELECT ... FOR UPDATE OF j SKIP LOCKED``: concurrent claims take different jobs
+instead of waiting), and a takeover's lease is written only if the lease is still lapsed then.
+While it runs the job it renews the lease; a re-delivered task for a
 job another live worker holds, or a job that is finished, claims nothing and is a no-op. The
 :class:`Publisher` re-publishes what the broker may have lost: queued jobs never published,
 published before they were (re-)queued or deferred, or published long ago and still not claimed,
@@ -99,9 +103,8 @@ class JobDispatch:
         self.lease_s = float(lease_s)
         self.owner = owner or worker_identity("none")
         try:
-            with self.store.connect() as conn:
-                conn.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
+            self.store.db.ensure_schema(_SCHEMA)
+        except (sqlite3.Error, SpoolError) as exc:
             raise SpoolError(f"cannot prepare the dispatch table in {store.path}: {exc}") from exc
 
     # -- priorities ---------------------------------------------------------------------
@@ -128,7 +131,7 @@ class JobDispatch:
                 "SELECT j.id, COALESCE(d.priority, 'routine') AS priority FROM jobs j"
                 " LEFT JOIN job_dispatch d ON d.job_id = j.id WHERE"
                 " (j.state='queued' AND j.not_before<=? AND (d.published_at IS NULL"
-                "   OR d.published_at < MAX(COALESCE(j.queued_at, 0), j.not_before) OR d.published_at < ?))"
+                "   OR d.published_at < COALESCE(j.queued_at, 0) OR d.published_at < j.not_before OR d.published_at < ?))"
                 " OR (j.state IN ('translating','sending') AND " + self._lapsed_sql("j", "d") +
                 "   AND (d.published_at IS NULL OR d.published_at < d.lease_until OR d.published_at < ?))"
                 " ORDER BY j.id",
@@ -168,20 +171,24 @@ class JobDispatch:
         if job_id is not None:
             query += " AND j.id=?"
             params.append(job_id)
-        query += " ORDER BY COALESCE(d.priority, 'routine') = 'routine', j.id LIMIT 1"
-        with self.store.transaction() as conn:
+        query += " ORDER BY COALESCE(d.priority, 'routine') = 'routine', j.id LIMIT 1 FOR UPDATE OF j SKIP LOCKED"
+        with self.store.transaction(serial=False) as conn:
             row = conn.execute(query, params).fetchone()
             if row is None:
                 return None
             claimed = int(row["id"])
-            if row["state"] != "queued":
+            queued = row["state"] == "queued"
+            taken = conn.execute(   # a takeover only while the lease is still lapsed (PostgreSQL: not re-read)
+                "INSERT INTO job_dispatch (job_id, owner, lease_until) VALUES (?, ?, ?)"
+                " ON CONFLICT(job_id) DO UPDATE SET owner=excluded.owner, lease_until=excluded.lease_until"
+                " WHERE ? OR job_dispatch.lease_until IS NULL OR job_dispatch.lease_until < ?",
+                (claimed, self.owner, now + self.lease_s, queued, now),
+            )
+            if taken.rowcount != 1:
+                return None
+            if not queued:
                 log.warning("job %d: its worker stopped renewing its lease; taking it over", claimed)
             self.store.start_attempt(conn, claimed, now)
-            conn.execute(
-                "INSERT INTO job_dispatch (job_id, owner, lease_until) VALUES (?, ?, ?)"
-                " ON CONFLICT(job_id) DO UPDATE SET owner=excluded.owner, lease_until=excluded.lease_until",
-                (claimed, self.owner, now + self.lease_s),
-            )
         return self.store.get(claimed)
 
     def renew(self, job_id: int) -> bool:

@@ -1,8 +1,11 @@
-"""Durable job records in SQLite (WAL mode) inside the spool.
+"""Durable job records: SQLite (WAL mode) inside the spool, or a PostgreSQL server shared by
+several machines (``job_store.url``; :mod:`ct2mri_node.jobs.database` speaks both).
 
 One job per complete series, with its state
-(``received -> queued -> translating -> sending -> done | failed``), timestamps, attempts,
-the reason for any failure, stage timings and one delivery row per destination.
+(``received -> queued -> translating -> sending -> done | failed``, or ``received -> ignored``
+when a routing rule leaves the series alone), timestamps, attempts, the reason for any failure,
+stage timings, the routing decision (rule, action, model, destinations) and one delivery row
+per destination.
 :mod:`ct2mri_node.jobs.queue` adds leases and publishing beside these tables for worker processes.
 """
 
@@ -12,22 +15,33 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import JobError, SpoolError
+from .database import Connection, open_database
+
+if TYPE_CHECKING:
+    from ..config import NodeConfig
 
 log = logging.getLogger(__name__)
 
-STATES = ("received", "queued", "translating", "sending", "done", "failed")
+STATES = ("received", "queued", "translating", "sending", "done", "failed", "ignored")
+#: What a routing decision does with a series (``route/rules.py``).
+ROUTE_ACTIONS = ("translate", "ignore", "refuse")
 #: States in which the series may still gain instances and the job has not started.
 OPEN_STATES = ("received", "queued")
 #: States of a job that still needs its series' spooled CT (retention never removes it then).
 ACTIVE_STATES = ("received", "queued", "translating", "sending")
+
+#: The schema version this code writes; see :meth:`JobStore._migrate`.
+SCHEMA_VERSION = 1
+#: (version, statements) steps after version 1, oldest first (portable SQL for both servers).
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = ()
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -46,10 +60,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     translated INTEGER NOT NULL DEFAULT 0,
     reason TEXT,
     timings TEXT NOT NULL DEFAULT '{}',
-    purged_at REAL
+    purged_at REAL,
+    rule TEXT,
+    action TEXT,
+    model TEXT,
+    destinations TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, not_before);
 CREATE INDEX IF NOT EXISTS jobs_series ON jobs(series_uid);
+CREATE INDEX IF NOT EXISTS jobs_state_id ON jobs(state, id);
 CREATE TABLE IF NOT EXISTS deliveries (
     job_id INTEGER NOT NULL REFERENCES jobs(id),
     destination TEXT NOT NULL,
@@ -58,6 +77,9 @@ CREATE TABLE IF NOT EXISTS deliveries (
     reason TEXT,
     updated_at REAL NOT NULL,
     PRIMARY KEY (job_id, destination)
+);
+CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS provenance (
     job_id INTEGER PRIMARY KEY REFERENCES jobs(id),
@@ -98,10 +120,25 @@ class Job:
     timings: dict[str, float] = field(default_factory=dict)
     deliveries: tuple[Delivery, ...] = ()
     purged_at: float | None = None   # when retention removed its CT input and MR output
+    rule: str | None = None          # the routing rule that decided the series (None: before routing)
+    action: str | None = None        # translate | ignore | refuse
+    model: str | None = None         # the named model that translates it (translate only)
+    destinations: tuple[str, ...] | None = None   # where its results go; None: every destination
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (for ``status --json``)."""
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Route:
+    """A routing decision as the job store records it (made by ``route/rules.py``)."""
+
+    rule: str
+    action: str                                   # one of ROUTE_ACTIONS
+    model: str | None = None                      # translate: the named model
+    destinations: tuple[str, ...] | None = None   # translate: where results go; None: everywhere
+    reason: str | None = None                     # ignore / refuse: why
 
 
 @dataclass(frozen=True)
@@ -114,49 +151,71 @@ class PurgeCandidate:
     finished_at: float | None
 
 
-class JobStore:
-    """The SQLite-backed job records and queue; safe to use from several threads and processes."""
+class JobListener(Protocol):
+    """What the job store tells its observers as records are written (ops/metrics.py implements it)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+    def series_completed(self) -> None:
+        """A complete series got its job (queued, or recorded ignored/refused by a rule)."""
+
+    def timings_recorded(self, job_id: int, timings: Mapping[str, float]) -> None:
+        """Stage durations (seconds) were stored for a job."""
+
+    def delivery_recorded(self, job_id: int, destination: str, state: str) -> None:
+        """A send attempt's outcome (``done``, ``failed``, ``pending``) was stored."""
+
+
+class JobStore:
+    """The job records and queue (SQLite file or PostgreSQL URL); safe to use from several
+    threads and processes, and with PostgreSQL from several machines."""
+
+    def __init__(self, location: Path | str, password: str | None = None, connect_timeout_s: float = 30.0) -> None:
+        self.db = open_database(location, password, connect_timeout_s)
+        #: The SQLite file, or the server's URL without its password (what messages name).
+        self.path: Path | str = self.db.path if self.db.dialect == "sqlite" else self.db.location  # type: ignore[union-attr]
+        #: Observers told about completed series, timings and deliveries (:class:`JobListener`).
+        self.listeners: list[JobListener] = []
         try:
-            with self.connect() as conn:
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.executescript(_SCHEMA)
+            self.db.ensure_schema(_SCHEMA)
             self._migrate()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, SpoolError) as exc:   # PostgreSQL errors arrive as SpoolError
             raise SpoolError(f"cannot open the job database {self.path}: {exc}") from exc
 
     def _migrate(self) -> None:
-        """Add the columns newer versions need to a database made by an older one."""
+        """Bring a database made by an older version to :data:`SCHEMA_VERSION` (its history kept).
+
+        Version 1 is today's tables; an unversioned SQLite file (before versioning) gets the
+        columns it lacks. Later versions add their steps to :data:`MIGRATIONS`."""
         with self.transaction() as conn:
-            columns = {r["name"] for r in conn.execute("PRAGMA table_info(jobs)")}
-            if "purged_at" not in columns:
-                conn.execute("ALTER TABLE jobs ADD COLUMN purged_at REAL")
-                log.info("job database %s: added column purged_at", self.path)
+            row = conn.execute("SELECT MAX(version) AS v FROM schema_version").fetchone()
+            version = 0 if row is None or row["v"] is None else int(row["v"])
+            if version > SCHEMA_VERSION:
+                raise SpoolError(f"the job database {self.path} has schema version {version}, newer than this "
+                                 f"ct2mri-node knows ({SCHEMA_VERSION}); upgrade ct2mri-node")
+            if version == 0:
+                columns = self.db.columns(conn, "jobs")
+                for name, kind in (("purged_at", "REAL"), ("rule", "TEXT"), ("action", "TEXT"),
+                                   ("model", "TEXT"), ("destinations", "TEXT")):
+                    if name not in columns:
+                        conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+                        log.info("job database %s: added column %s", self.path, name)
+                version = 1
+            for target, statements in MIGRATIONS:
+                if version < target:
+                    for statement in statements:
+                        conn.execute(statement)
+                    version = target
+                    log.info("job database %s: migrated to schema version %d", self.path, target)
+            conn.execute("DELETE FROM schema_version")
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
 
-    @contextmanager
-    def connect(self) -> Iterator[sqlite3.Connection]:
-        """A connection to the job database (fsync on every commit); closed on exit."""
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        try:
-            conn.execute("PRAGMA synchronous=FULL")
-            yield conn
-        finally:
-            conn.close()
+    def connect(self) -> AbstractContextManager[Connection]:
+        """A connection to the job database (SQLite: fsync on every commit); closed on exit."""
+        return self.db.connect()  # type: ignore[no-any-return]
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken before reading so claims are atomic."""
-        with self.connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+    def transaction(self, serial: bool = True) -> AbstractContextManager[Connection]:
+        """One write transaction, taken before reading so claims are atomic; ``serial=False``
+        (claims only) lets PostgreSQL run it beside others, on the rows it locks ``FOR UPDATE``."""
+        return self.db.transaction(serial)  # type: ignore[no-any-return]
 
     # -- completion sink ---------------------------------------------------------------
     def series_received(self, series_uid: str, study_uid: str) -> None:
@@ -170,14 +229,37 @@ class JobStore:
                     (series_uid, study_uid, now, now),
                 )
 
-    def series_complete(self, series_uid: str, study_uid: str, last_instance_at: float) -> None:
-        """The series is complete: queue its open job (creating one if needed)."""
-        job_id = self.enqueue(series_uid, study_uid, last_instance_at)
-        log.info("job %d queued for series %s", job_id, series_uid)
+    def series_complete(
+        self, series_uid: str, study_uid: str, last_instance_at: float, calling_ae: str | None = None,
+        route: Route | None = None,
+    ) -> int:
+        """The series is complete: queue its open job (creating one if needed), or, as ``route``
+        says, record it ignored or refused; returns the job id."""
+        job_id = self.enqueue(series_uid, study_uid, last_instance_at, route)
+        state = "queued" if route is None or route.action == "translate" else route.action
+        log.info("job %d for series %s: %s", job_id, series_uid,
+                 state if route is None else f"{state} by rule {route.rule!r}")
+        self._notify("series_completed")
+        return job_id
+
+    def _notify(self, event: str, *args: Any) -> None:
+        """Call ``event`` on every listener; a listener's error is logged, never raised."""
+        for listener in self.listeners:
+            try:
+                getattr(listener, event)(*args)
+            except Exception:  # noqa: BLE001 (an observer must never fail a job record)
+                log.exception("job store listener %r failed on %s", listener, event)
 
     # -- the queue -----------------------------------------------------------------------
-    def enqueue(self, series_uid: str, study_uid: str, last_instance_at: float | None = None) -> int:
-        """Queue the series' open job, or a new one; returns the job id (one per open series)."""
+    def enqueue(
+        self, series_uid: str, study_uid: str, last_instance_at: float | None = None,
+        route: Route | None = None,
+    ) -> int:
+        """Queue the series' open job, or a new one; returns the job id (one per open series).
+
+        With a ``route`` the decision is recorded in the same transaction: ``translate`` queues
+        the job, ``ignore`` finishes it as ``ignored`` and ``refuse`` as ``failed`` with the
+        rule's reason, so no worker can claim a job that a rule turned away."""
         now = time.time()
         with self.transaction() as conn:
             job_id = self.open_job_id(conn, series_uid)
@@ -193,14 +275,50 @@ class JobStore:
                 " WHERE id=?",
                 (now, now, last_instance_at, job_id),
             )
+            if route is not None:
+                self._record_route(conn, job_id, route, now)
         return job_id
+
+    @staticmethod
+    def _record_route(conn: Connection, job_id: int, route: Route, now: float) -> None:
+        """Store a routing decision on a job just queued (inside the caller's transaction)."""
+        if route.action not in ROUTE_ACTIONS:
+            raise JobError(f"unknown routing action {route.action!r}")
+        dests = None if route.destinations is None else json.dumps(list(route.destinations))
+        conn.execute("UPDATE jobs SET rule=?, action=?, model=?, destinations=? WHERE id=?",
+                     (route.rule, route.action, route.model, dests, job_id))
+        if route.action == "ignore":
+            conn.execute("UPDATE jobs SET state='ignored', finished_at=?, reason=? WHERE id=?",
+                         (now, route.reason, job_id))
+        elif route.action == "refuse":
+            conn.execute("UPDATE jobs SET state='failed', finished_at=?, reason=? WHERE id=?",
+                         (now, f"refused by rule {route.rule!r}: {route.reason}", job_id))
+
+    def route(self, job_id: int, route: Route) -> None:
+        """Record a routing decision on a job that already exists (a worker routing a job that
+        has none); ignore and refuse finish it as :meth:`enqueue` does."""
+        with self.transaction() as conn:
+            if conn.execute("SELECT 1 FROM jobs WHERE id=?", (job_id,)).fetchone() is None:
+                raise JobError(f"no job {job_id} in {self.path}")
+            self._record_route(conn, job_id, route, time.time())
+
+    def mark_ignored_purged(self, job_id: int) -> bool:
+        """An ignored job's spooled CT is being removed: mark it purged, unless another job of the
+        series is active (its CT is still needed); False then, and the files stay."""
+        with self.transaction() as conn:
+            row = conn.execute("SELECT series_uid, state FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None or row["state"] != "ignored" or self._has_active_job(conn, row["series_uid"]):
+                return False
+            conn.execute("UPDATE jobs SET purged_at=? WHERE id=?", (time.time(), job_id))
+        return True
 
     def claim(self) -> Job | None:
         """Atomically take the oldest due queued job and mark it ``translating``."""
         now = time.time()
-        with self.transaction() as conn:
+        with self.transaction(serial=False) as conn:
             row = conn.execute(
-                "SELECT id FROM jobs WHERE state='queued' AND not_before<=? ORDER BY id LIMIT 1",
+                "SELECT id FROM jobs WHERE state='queued' AND not_before<=? ORDER BY id LIMIT 1"
+                " FOR UPDATE SKIP LOCKED",
                 (now,),
             ).fetchone()
             if row is None:
@@ -220,7 +338,7 @@ class JobStore:
 
     def record_timing(self, job_id: int, stage: str, seconds: float) -> None:
         """Store one stage's duration in seconds (``status`` and the latency benchmark read them);
-        it goes through :meth:`record_timings`, the one method a subclass hooks."""
+        it goes through :meth:`record_timings`, which tells the listeners."""
         self.record_timings(job_id, {stage: seconds})
 
     def record_timings(self, job_id: int, timings: Mapping[str, float]) -> None:
@@ -233,6 +351,7 @@ class JobStore:
             for stage, seconds in timings.items():
                 stored[stage] = round(float(seconds), 6)
             conn.execute("UPDATE jobs SET timings=? WHERE id=?", (json.dumps(stored), job_id))
+        self._notify("timings_recorded", job_id, dict(timings))
 
     def record_delivery(self, job_id: int, destination: str, state: str, reason: str | None = None) -> None:
         """Record one send attempt's outcome (``done``, ``failed`` or ``pending``) for a destination."""
@@ -241,16 +360,18 @@ class JobStore:
             conn.execute(
                 "INSERT INTO deliveries (job_id, destination, state, attempts, reason, updated_at)"
                 " VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT(job_id, destination) DO UPDATE SET"
-                " state=excluded.state, attempts=attempts+1, reason=excluded.reason,"
+                " state=excluded.state, attempts=deliveries.attempts+1, reason=excluded.reason,"
                 " updated_at=excluded.updated_at",
                 (job_id, destination, state, reason, now),
             )
+        self._notify("delivery_recorded", job_id, destination, state)
 
     def record_provenance(self, job_id: int, data: dict[str, Any]) -> None:
         """Store (or replace) the job's provenance record: what made its MR series (JSON-ready)."""
         with self.transaction() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO provenance (job_id, recorded_at, data) VALUES (?, ?, ?)",
+                "INSERT INTO provenance (job_id, recorded_at, data) VALUES (?, ?, ?) ON CONFLICT(job_id)"
+                " DO UPDATE SET recorded_at=excluded.recorded_at, data=excluded.data",
                 (job_id, time.time(), json.dumps(data, sort_keys=True)),
             )
 
@@ -291,10 +412,13 @@ class JobStore:
             when = datetime.fromtimestamp(job.purged_at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
             raise JobError(f"job {job_id} cannot be retried: its input was removed by retention at {when}; "
                            f"send series {job.series_uid} again and it becomes a new job")
-        if job.state not in ("failed", "done"):
-            raise JobError(f"job {job_id} is {job.state}; only failed or done jobs can be retried")
+        if job.state not in ("failed", "done", "ignored"):
+            raise JobError(f"job {job_id} is {job.state}; only failed, done or ignored jobs can be retried")
         now = time.time()
         with self.transaction() as conn:
+            if job.action in ("ignore", "refuse"):   # routed again by the worker, by today's rules
+                conn.execute("UPDATE jobs SET rule=NULL, action=NULL, model=NULL, destinations=NULL"
+                             " WHERE id=?", (job_id,))
             conn.execute(
                 "UPDATE jobs SET state='queued', attempts=0, not_before=0, reason=NULL,"
                 " finished_at=NULL, queued_at=?, updated_at=? WHERE id=?",
@@ -305,6 +429,25 @@ class JobStore:
                 (job_id,),
             )
         return self.get(job_id)
+
+    def page(self, offset: int, limit: int, state: str | None = None) -> list[Job]:
+        """One page of jobs, newest first, optionally only those in ``state`` (the status page)."""
+        if state is not None and state not in STATES:
+            raise JobError(f"unknown job state {state!r}; one of {', '.join(STATES)}")
+        where, args = ("WHERE state=?", (state,)) if state is not None else ("", ())
+        with self.connect() as conn:
+            rows = conn.execute(f"SELECT id FROM jobs {where} ORDER BY id DESC LIMIT ? OFFSET ?",  # noqa: S608
+                                (*args, max(0, int(limit)), max(0, int(offset)))).fetchall()
+        return [self.get(int(r["id"])) for r in rows]
+
+    def count_jobs(self, state: str | None = None) -> int:
+        """How many jobs there are (in ``state`` when given)."""
+        if state is not None and state not in STATES:
+            raise JobError(f"unknown job state {state!r}; one of {', '.join(STATES)}")
+        where, args = ("WHERE state=?", (state,)) if state is not None else ("", ())
+        with self.connect() as conn:
+            row = conn.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()  # noqa: S608
+        return int(row[0])
 
     def list(self) -> list[Job]:
         """Every job, oldest first."""
@@ -327,6 +470,8 @@ class JobStore:
         data["translated"] = bool(data["translated"])
         data["timings"] = json.loads(data["timings"])
         data["deliveries"] = tuple(Delivery(**dict(d)) for d in dels)
+        if data.get("destinations") is not None:
+            data["destinations"] = tuple(json.loads(data["destinations"]))
         return Job(**data)
 
     # -- restart -------------------------------------------------------------------------
@@ -364,7 +509,7 @@ class JobStore:
         with self.connect() as conn:
             rows = conn.execute(
                 "SELECT id, series_uid, state, finished_at FROM jobs WHERE purged_at IS NULL AND series_uid IN"
-                " (SELECT series_uid FROM jobs WHERE purged_at IS NULL AND state IN ('done','failed'))"
+                " (SELECT series_uid FROM jobs WHERE purged_at IS NULL AND state IN ('done','failed','ignored'))"
                 " ORDER BY id"
             ).fetchall()
         return [PurgeCandidate(**dict(r)) for r in rows]
@@ -378,7 +523,7 @@ class JobStore:
                 row = conn.execute(
                     "SELECT series_uid, state, finished_at, purged_at FROM jobs WHERE id=?", (job_id,)
                 ).fetchone()
-                if row is None or row["purged_at"] is not None or row["state"] not in ("done", "failed"):
+                if row is None or row["purged_at"] is not None or row["state"] not in ("done", "failed", "ignored"):
                     return False
                 if row["finished_at"] != finished_at or self._has_active_job(conn, row["series_uid"]):
                     return False
@@ -397,7 +542,7 @@ class JobStore:
             return {int(r["id"]) for r in rows}
 
     @staticmethod
-    def _has_active_job(conn: sqlite3.Connection, series_uid: str) -> bool:
+    def _has_active_job(conn: Connection, series_uid: str) -> bool:
         marks = ",".join("?" * len(ACTIVE_STATES))
         row = conn.execute(
             f"SELECT 1 FROM jobs WHERE series_uid=? AND state IN ({marks}) LIMIT 1",  # noqa: S608
@@ -406,19 +551,19 @@ class JobStore:
         return row is not None
 
     @staticmethod
-    def open_job_id(conn: sqlite3.Connection, series_uid: str) -> int | None:
+    def open_job_id(conn: Connection, series_uid: str) -> int | None:
         """The series' newest open job (:data:`OPEN_STATES`), read in the caller's transaction;
         None when it has none (the store and the dispatch table both attach to it)."""
         marks = ",".join("?" * len(OPEN_STATES))
         row = conn.execute(
             f"SELECT id FROM jobs WHERE series_uid=? AND state IN ({marks})"  # noqa: S608 (fixed SQL)
-            " ORDER BY id DESC LIMIT 1",
+            " ORDER BY id DESC LIMIT 1 FOR UPDATE",   # PostgreSQL: a claim skips it meanwhile
             (series_uid, *OPEN_STATES),
         ).fetchone()
         return None if row is None else int(row["id"])
 
     @staticmethod
-    def start_attempt(conn: sqlite3.Connection, job_id: int, now: float) -> None:
+    def start_attempt(conn: Connection, job_id: int, now: float) -> None:
         """Inside a claim's transaction: the job becomes ``translating`` and counts one more
         attempt (``started_at`` keeps its first value); used by every claim path."""
         conn.execute(
@@ -435,3 +580,20 @@ class JobStore:
             )
             if cur.rowcount == 0:
                 raise JobError(f"no job {job_id} in {self.path}")
+
+
+def open_job_store(config: NodeConfig, *, must_exist: bool = False) -> JobStore:
+    """The configured job store: ``job_store.url`` (PostgreSQL), else ``jobs.sqlite3`` in the spool.
+
+    Every role and command opens the store here (``serve``, ``worker``, ``status``, ``retry``,
+    ``purge``), so they all read the same one from any machine. ``must_exist``: a SQLite file
+    that is not there is a SpoolError (``status`` and friends read a store, never create one)."""
+    from ..receive.spool import Spool
+
+    settings = config.job_store
+    if settings.url is not None:
+        return JobStore(settings.url, settings.password(), settings.connect_timeout_s)
+    db = Spool(config.spool_dir).db_path
+    if must_exist and not db.exists():
+        raise SpoolError(f"no job database at {db}; has the node run with this config (`ct2mri-node serve`)?")
+    return JobStore(db)

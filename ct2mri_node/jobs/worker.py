@@ -7,6 +7,11 @@ done or failed for good is not contacted again, so a dead archive neither delays
 to the others. A peer that rejects the association, a refused series and any other permanent
 failure end that destination (and, once nothing transient is left, the job) as ``failed`` with
 a reason a person can act on; ``ct2mri-node retry JOB`` makes failed destinations pending again.
+
+Each job is translated by the named model its routing rule chose (``jobs/models.py`` loads it
+once and shares it) and sent only to the destinations that rule lists (all when it lists none).
+A job without a routing decision (recorded by an older version, or retried after a rule refused
+it) is routed here, from its spooled CT, before it is translated.
 """
 
 from __future__ import annotations
@@ -21,16 +26,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import DicomDestination, FolderDestination, NodeConfig
+from ..config import AnyDestination, NodeConfig
 from ..deliver.send import send_series
 from ..errors import Ct2MriError, InputError, SendError, SeriesRejected, SpoolError
 from ..faults import fault_point
 from ..fsutil import fsync_dir
 from ..receive.spool import Spool
 from ..volume.assemble import VolumeLimits, read_series
+from ..deliver.companions import CompanionOptions
 from .pipeline import PipelineOptions, run_pipeline, write_series
+from ..route.facts import read_facts, scan_series_folder
+from ..route.rules import Decision, decide
+from .models import ModelPool
+from .outputs import output_dir
 from .queue import ClaimSource, LocalClaims
-from .store import Job, JobStore
+from .store import Job, JobStore, Route
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +50,7 @@ class _Outcome:
     done: list[str] = field(default_factory=list)
     transient: list[str] = field(default_factory=list)
     permanent: list[str] = field(default_factory=list)
+    retry_after_s: list[float] = field(default_factory=list)   # waits peers asked for (Retry-After)
 
 
 def backoff_s(
@@ -70,14 +81,18 @@ class Worker:
         translator: Any,
         claims: ClaimSource | None = None,
     ) -> None:
+        """``translator`` is a :class:`ModelPool` of the named models, or one translator used for
+        every job whatever its model (tests, a single model loaded by the caller)."""
         self.config = config
         self.store = store
         self.claims: ClaimSource = claims or LocalClaims(store)
         self.spool = spool
-        self.translator = translator
+        self.models = translator if isinstance(translator, ModelPool) else ModelPool.single(translator)
         self.pipeline_options = PipelineOptions(
             limits=VolumeLimits(min_slices=config.series.min_slices, max_slices=config.series.max_slices,
-                                max_rows=config.series.max_matrix, max_columns=config.series.max_matrix)
+                                max_rows=config.series.max_matrix, max_columns=config.series.max_matrix),
+            companions=CompanionOptions(uncertainty_map=config.outputs.uncertainty_map,
+                                        qa_capture=config.outputs.qa_capture),
         )
         self._wake = threading.Event()
         #: Optional operations hook (metrics, provenance, QA preview); see ct2mri_node/ops/observer.py.
@@ -114,6 +129,10 @@ class Worker:
         """Run one claimed job to done, failed or deferred; returns its final snapshot."""
         log.info("job %d: series %s, attempt %d", job.id, job.series_uid, job.attempts)
         try:
+            if job.action != "translate":
+                job = self._route(job)
+                if job.state != "translating":
+                    return job
             if not job.translated or not self._has_output(job):
                 if job.translated:   # e.g. the folder was lost to a crash or removed by hand
                     log.warning("job %d: its MR series is missing from the spool; translating again", job.id)
@@ -134,27 +153,30 @@ class Worker:
 
     # -- translation --------------------------------------------------------------------
     def _translate(self, job: Job) -> None:
-        """Spooled CT -> MR series in the job's output folder (written whole, then renamed)."""
+        """Spooled CT -> MR series and its companions (uncertainty map, QA image) in the job's
+        output folder (written whole, then renamed), so sends and retries treat them alike."""
         start = time.perf_counter()
         datasets = read_series(self.spool.instance_paths(job.series_uid))  # assemble refuses what cannot be decoded
         reading = time.perf_counter() - start
-        result = run_pipeline(datasets, self.translator, self.pipeline_options)
+        translator = self.models.get(job.model)
+        result = run_pipeline(datasets, translator, self.pipeline_options)
         mr = result.datasets
         timings = dict(result.timings)
         timings["assembly"] = reading + timings["assembly"]   # reading the files + assemble
         # stored before the write, so they are kept when writing fails
         self.store.record_timings(job.id, timings)
         start = time.perf_counter()
-        self._write_output(job, mr)
+        self._write_output(job, result.all_datasets)
         self.store.record_timing(job.id, "write", time.perf_counter() - start)
         fault_point("after_translation")
         self.store.mark_translated(job.id)
-        log.info("job %d: %d MR instances written", job.id, len(mr))
+        log.info("job %d: %d MR instances and %d companion object(s) written", job.id, len(mr),
+                 len(result.companions))
         if self.observer is not None:
-            self.observer.job_translated(job, result, self.spool.output_dir(job.id))
+            self.observer.job_translated(job, result, output_dir(self.spool, job.id))
 
     def _write_output(self, job: Job, datasets: list[Any]) -> None:
-        final = self.spool.output_dir(job.id)
+        final = output_dir(self.spool, job.id)
         staging = final.with_name(f"{final.name}.partial")
         try:
             shutil.rmtree(staging, ignore_errors=True)
@@ -183,15 +205,41 @@ class Worker:
             return
         delay = backoff_s(job.attempts, settings.backoff_initial_s, settings.backoff_factor,
                           settings.backoff_max_s, settings.backoff_jitter)
+        if outcome.retry_after_s:   # a peer said when to come back: never sooner (HTTP 429/503)
+            delay = max(delay, max(outcome.retry_after_s))
         self.store.defer(job.id, delay, reasons)
         log.info("job %d: send will be retried in %.1f s: %s", job.id, delay, reasons)
 
+    def _destinations(self, job: Job) -> list[AnyDestination]:
+        """The configured destinations the job's rule sends to (all when it names none); a name
+        no longer in the configuration is a permanent failure of that destination."""
+        if job.destinations is None:
+            return list(self.config.destinations)
+        known = {d.name: d for d in self.config.destinations}
+        for name in job.destinations:
+            if name not in known:
+                self.store.record_delivery(job.id, name, "failed",
+                                           f"destination {name!r} is no longer configured")
+        return [known[n] for n in job.destinations if n in known]
+
+    # -- routing ------------------------------------------------------------------------
+    def _route(self, job: Job) -> Job:
+        """Route a job that has no decision yet (see the module docstring); returns it as
+        stored afterwards: still ``translating`` when a model translates it."""
+        if not self.spool.instance_paths(job.series_uid):
+            raise InputError(f"series {job.series_uid} has no spooled instances")
+        first = scan_series_folder(self.spool.incoming / job.series_uid).first   # as `explain` reads it
+        decision = decide(self.config, read_facts(first, calling_ae=None))
+        log.info("job %d routed by rule %r: %s", job.id, decision.rule, decision.action)
+        self.store.route(job.id, route_of(decision))
+        return self.store.get(job.id)
+
     def _has_output(self, job: Job) -> bool:
-        folder = self.spool.output_dir(job.id)
+        folder = output_dir(self.spool, job.id)
         return folder.is_dir() and any(folder.glob("*.dcm"))
 
     def _output_files(self, job: Job) -> list[Path]:
-        folder = self.spool.output_dir(job.id)
+        folder = output_dir(self.spool, job.id)
         files = sorted(p for p in folder.glob("*.dcm")) if folder.is_dir() else []
         if not files:
             raise InputError(f"job {job.id} has no MR series in {folder}; run `ct2mri-node retry {job.id}`")
@@ -202,7 +250,7 @@ class Worker:
         known = {d.destination: d for d in self.store.get(job.id).deliveries}
         outcome = _Outcome()
         pending = []
-        for dest in self.config.destinations:
+        for dest in self._destinations(job):
             state = known[dest.name].state if dest.name in known else "pending"
             if state == "done":
                 outcome.done.append(dest.name)
@@ -218,10 +266,12 @@ class Worker:
                     outcome.done.append(name)
                 else:
                     (outcome.permanent if error.permanent else outcome.transient).append(str(error))
+                    if not error.permanent and error.retry_after_s is not None:
+                        outcome.retry_after_s.append(error.retry_after_s)
         return outcome
 
     def _send_one(
-        self, job: Job, dest: DicomDestination | FolderDestination, files: list[Path]
+        self, job: Job, dest: AnyDestination, files: list[Path]
     ) -> tuple[str, SendError | None]:
         """One destination, one attempt; its outcome is recorded on the job's delivery row."""
         start, wall_start = time.perf_counter(), time.time()
@@ -236,7 +286,10 @@ class Worker:
             self.store.record_delivery(job.id, dest.name, "pending", str(error))
             return dest.name, error
         fault_point("after_send_before_record")
-        self.store.record_delivery(job.id, dest.name, "done")
+        warned = report.warnings
+        notes = [f"{warned} instance(s) answered with a warning status (see the log)"] if warned else []
+        notes += [f"skipped {what}: the destination does not accept it" for what in report.skipped]
+        self.store.record_delivery(job.id, dest.name, "done", "stored; " + "; ".join(notes) if notes else None)
         timings = {f"send:{dest.name}": time.perf_counter() - start}
         if job.last_instance_at is not None:   # last CT instance -> MR series confirmed here
             timings[f"latency:{dest.name}"] = max(0.0, time.time() - job.last_instance_at)
@@ -245,3 +298,9 @@ class Worker:
         self.store.record_timings(job.id, timings)
         fault_point("between_sends")
         return dest.name, None
+
+
+def route_of(decision: Decision) -> Route:
+    """The job store's record of a routing decision."""
+    return Route(rule=decision.rule, action=decision.action, model=decision.model,
+                 destinations=decision.destinations, reason=decision.reason)

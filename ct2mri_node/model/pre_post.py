@@ -187,15 +187,21 @@ def enhance_contrast(values: np.ndarray, mask: np.ndarray, bins: int = 256, clip
     with the input so that global contrast relations survive. O(voxels): ~0.1 s for 2 M voxels,
     where SimpleITK's adaptive (local) equalisation took ~35 s on the same grid.
     """
+    edges, cdf = _clipped_cdf(values, mask, bins, clip)
+    equalised = np.interp(values, edges, cdf).astype(np.float32)
+    return np.clip(blend * equalised + (1.0 - blend) * values, 0.0, 1.0).astype(np.float32)
+
+
+def _clipped_cdf(values: np.ndarray, mask: np.ndarray, bins: int, clip: float) -> tuple[np.ndarray, np.ndarray]:
+    """The intensity mapping of :func:`enhance_contrast`: histogram bin edges and the normalised
+    cumulative sum of the clipped histogram of ``values`` inside ``mask``."""
     inside = values[mask] if mask.any() else values.ravel()
     hist, edges = np.histogram(inside, bins=bins, range=(0.0, 1.0))
     limit = clip * max(hist.mean(), 1.0)
     excess = np.maximum(hist - limit, 0.0).sum()
     clipped = np.minimum(hist, limit) + excess / bins
     cdf = np.concatenate([[0.0], np.cumsum(clipped)])
-    cdf /= cdf[-1]
-    equalised = np.interp(values, edges, cdf).astype(np.float32)
-    return np.clip(blend * equalised + (1.0 - blend) * values, 0.0, 1.0).astype(np.float32)
+    return edges, cdf / cdf[-1]
 
 
 def to_uint12(values: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -212,3 +218,36 @@ def postprocess_model_grid(mr: np.ndarray, mask: np.ndarray, enhance: bool = Tru
     """Global normalisation and contrast enhancement on the model grid -> [0, 1] float32."""
     normalised = normalise_global(mr, mask)
     return enhance_contrast(normalised, mask) if enhance else normalised
+
+
+@dataclass(frozen=True)
+class PostMapping:
+    """The post-processing of one result as a fixed intensity mapping, fitted on the mean sample.
+
+    :func:`postprocess_model_grid` fits its mapping (the percentiles of the global
+    normalisation, the clipped histogram of the contrast enhancement) on the volume it maps.
+    The uncertainty map needs every sample through the *same* mapping as the mean that became
+    the MR, so the standard deviation across samples is in the MR's own units: ``fit`` on the
+    mean, then call on each sample. ``fit(x, m)(x)`` equals ``postprocess_model_grid(x, m)``.
+    """
+
+    low: float
+    high: float
+    edges: np.ndarray
+    cdf: np.ndarray
+    blend: float = 0.5
+
+    @classmethod
+    def fit(cls, mr: np.ndarray, mask: np.ndarray, bins: int = 256, clip: float = 3.0,
+            blend: float = 0.5) -> PostMapping:
+        """The mapping :func:`postprocess_model_grid` applies to ``mr`` (same arithmetic)."""
+        low, high = robust_range(mr, mask)
+        values = np.clip((mr - low) / (high - low), 0.0, 1.0).astype(np.float32)
+        edges, cdf = _clipped_cdf(values, mask, bins, clip)
+        return cls(low, high, edges, cdf, blend)
+
+    def __call__(self, mr: np.ndarray) -> np.ndarray:
+        """``mr`` through the fitted normalisation and contrast enhancement -> [0, 1] float32."""
+        values = np.clip((mr - self.low) / (self.high - self.low), 0.0, 1.0).astype(np.float32)
+        equalised = np.interp(values, self.edges, self.cdf).astype(np.float32)
+        return np.clip(self.blend * equalised + (1.0 - self.blend) * values, 0.0, 1.0).astype(np.float32)

@@ -65,31 +65,85 @@ def windowed(network: nn.Module, volume: torch.Tensor, spec: WindowSpec, counter
     )
 
 
+def windowed_samples(network: nn.Module, x: torch.Tensor, ct: torch.Tensor, spec: WindowSpec,
+                     counter: EvalCounter, t: torch.Tensor) -> torch.Tensor:
+    """``network([x_i, ct], t)`` for every sample ``x_i`` of ``x`` (N, 1, D, H, W) at once.
+
+    The N samples travel as channels of one volume through the sliding window, so each window
+    position is one network call with batch ``patches x N`` (the samples of one patch together);
+    the gaussian blending is per channel, so each sample is blended exactly as on its own.
+    Returns (N, 1, D, H, W).
+    """
+    n = x.shape[0]
+    packed = torch.cat([x, ct.expand(n, *ct.shape[1:])], dim=1).reshape(1, n * 2, *x.shape[2:])
+
+    def predictor(patch: torch.Tensor) -> torch.Tensor:
+        b = patch.shape[0]
+        inputs = patch.reshape(b * n, 2, *patch.shape[2:])
+        counter.count += inputs.shape[0]
+        with _autocast(spec):
+            out = network(inputs, t.to(patch.device).expand(inputs.shape[0]))
+        return out.float().reshape(b, n, *patch.shape[2:])
+
+    out = sliding_window_inference(
+        packed, roi_size=spec.patch, sw_batch_size=spec.sw_batch_size, predictor=predictor,
+        overlap=spec.overlap, mode="gaussian", padding_mode="replicate",
+        sw_device=spec.device, device=packed.device,
+    )
+    return out.reshape(n, 1, *x.shape[2:])
+
+
 def _timesteps(plan: SamplingPlan) -> Iterator[int]:
     for t in plan.timesteps:
         yield int(t)
 
 
+def _chunks(seeds: list[int], size: int) -> Iterator[list[int]]:
+    size = max(1, size)
+    for i in range(0, len(seeds), size):
+        yield seeds[i:i + size]
+
+
+def mean_of(samples: torch.Tensor) -> torch.Tensor:
+    """The mean of samples (N, 1, ...) as (1, 1, ...), summed in sample order (x_1/N + x_2/N + ...),
+    the same float32 operations as the former per-seed loop, so one sample is returned unchanged."""
+    mean = torch.zeros(samples.shape[1:], dtype=torch.float32, device=samples.device)[None]
+    for i in range(samples.shape[0]):
+        mean += samples[i:i + 1] / samples.shape[0]
+    return mean
+
+
 def sample_diffusion(network: nn.Module, ct: torch.Tensor, plan: SamplingPlan, spec: WindowSpec,
-                     seeds: list[int], counter: EvalCounter,
-                     progress: Progress | None = None) -> torch.Tensor:
+                     seeds: list[int], counter: EvalCounter, progress: Progress | None = None) -> torch.Tensor:
+    """The mean (1, 1, D, H, W) of :func:`diffusion_samples` (one sample: that sample)."""
+    return mean_of(diffusion_samples(network, ct, plan, spec, seeds, counter, progress))
+
+
+def diffusion_samples(network: nn.Module, ct: torch.Tensor, plan: SamplingPlan, spec: WindowSpec,
+                      seeds: list[int], counter: EvalCounter,
+                      progress: Progress | None = None, batch_samples: int = 0) -> torch.Tensor:
     """Denoise from gaussian noise conditioned on ``ct`` (1, 1, D, H, W) in [-1, 1], once per seed;
-    returns the mean x0 of the samples (one sample: that sample)."""
+    returns the samples (N, 1, D, H, W) in seed order.
+
+    ``batch_samples`` samples (0: all) run together, one network call per window position; each
+    keeps its own generator for its initial noise and its stochastic steps, so a sample does not
+    depend on which others share its batch.
+    """
     total, done = len(plan.timesteps) * len(seeds), 0
-    mean = torch.zeros(ct.shape, dtype=torch.float32, device=ct.device)
+    out: list[torch.Tensor] = []
     with torch.inference_mode():
-        for seed in seeds:
-            generator = torch.Generator(device="cpu").manual_seed(seed)
-            x = torch.randn(ct.shape, generator=generator, dtype=torch.float32, device=ct.device)
+        for chunk in _chunks(seeds, batch_samples or len(seeds)):
+            generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in chunk]
+            x = torch.cat([torch.randn(ct.shape, generator=g, dtype=torch.float32, device=ct.device)
+                           for g in generators])
             for t in _timesteps(plan):
-                inputs = torch.cat([x, ct], dim=1)
-                pred = windowed(network, inputs, spec, counter, torch.tensor([t], dtype=torch.long))
-                x = plan.step(pred, t, x, generator)
-                done += 1
+                pred = windowed_samples(network, x, ct, spec, counter, torch.tensor([t], dtype=torch.long))
+                x = torch.cat([plan.step(pred[i:i + 1], t, x[i:i + 1], g) for i, g in enumerate(generators)])
+                done += len(chunk)
                 if progress is not None:
                     progress(done, total)
-            mean += x / len(seeds)
-    return mean
+            out.append(x)
+    return torch.cat(out)
 
 
 def estimate(network: nn.Module, ct: torch.Tensor, plan: RefinePlan, spec: WindowSpec,
@@ -105,10 +159,19 @@ def estimate(network: nn.Module, ct: torch.Tensor, plan: RefinePlan, spec: Windo
 
 def sample_refine(network: nn.Module, ct: torch.Tensor, plan: RefinePlan, spec: WindowSpec,
                   seeds: list[int], counter: EvalCounter, progress: Progress | None = None) -> torch.Tensor:
-    """Estimate, then per seed: forward-diffuse it to t0 and run the DDIM steps; the mean of the samples.
+    """The mean (1, 1, D, H, W) of :func:`refine_samples` (one sample, or the estimate alone: that)."""
+    return mean_of(refine_samples(network, ct, plan, spec, seeds, counter, progress))
+
+
+def refine_samples(network: nn.Module, ct: torch.Tensor, plan: RefinePlan, spec: WindowSpec,
+                   seeds: list[int], counter: EvalCounter, progress: Progress | None = None,
+                   batch_samples: int = 0) -> torch.Tensor:
+    """Estimate, then per seed: forward-diffuse it to t0 and run the DDIM steps; the samples
+    (N, 1, D, H, W) in seed order, ``batch_samples`` (0: all) per network call and window.
 
     The estimate is shared by all samples (computed once); with one evaluation per patch the
-    estimate itself is returned. Samples differ only in the noise added at t0.
+    estimate itself is the only sample (the translator refuses several samples then: they would
+    all be equal). Samples differ only in the noise added at t0.
     """
     total = 1 + len(plan.timesteps) * len(seeds)
     x0 = estimate(network, ct, plan, spec, counter)
@@ -116,22 +179,22 @@ def sample_refine(network: nn.Module, ct: torch.Tensor, plan: RefinePlan, spec: 
         progress(1, total)
     if not plan.timesteps:
         return x0
-    done, mean = 1, torch.zeros_like(x0)
+    done, out = 1, []
     steps = [*plan.timesteps, -1]
+    a0 = plan.alpha_bar(steps[0])
     with torch.inference_mode():
-        for seed in seeds:
-            generator = torch.Generator(device="cpu").manual_seed(seed)
-            noise = torch.randn(ct.shape, generator=generator, dtype=torch.float32).to(ct.device)
-            a0 = plan.alpha_bar(steps[0])
+        for chunk in _chunks(seeds, batch_samples or len(seeds)):
+            noise = torch.cat([torch.randn(ct.shape, generator=torch.Generator(device="cpu").manual_seed(seed),
+                                           dtype=torch.float32).to(ct.device) for seed in chunk])
             x = (a0 ** 0.5) * x0 + ((1.0 - a0) ** 0.5) * noise
             for t, t_prev in zip(steps[:-1], steps[1:]):
-                v = windowed(network, torch.cat([x, ct], dim=1), spec, counter, torch.tensor([t], dtype=torch.long))
+                v = windowed_samples(network, x, ct, spec, counter, torch.tensor([t], dtype=torch.long))
                 x = ddim_step(x, v, plan.alpha_bar(t), plan.alpha_bar(t_prev), plan.clip)
-                done += 1
+                done += len(chunk)
                 if progress is not None:
                     progress(done, total)
-            mean += x / len(seeds)
-    return mean
+            out.append(x)
+    return torch.cat(out)
 
 
 def predict_regression(network: nn.Module, ct: torch.Tensor, spec: WindowSpec, counter: EvalCounter,

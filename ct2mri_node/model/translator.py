@@ -4,27 +4,34 @@ The one entry point everyone else uses (see docs/architecture.md). Steps: check 
 body mask, HU -> [-1, 1], resample to the model spacing, crop to the body's bounding box (plus
 a margin; nothing outside the body is shown, so no network time is spent there), sample
 (``refine``: the estimate, then DDIM from t0; ``ddim``/``ddpm``: from noise; ``unet``: one pass;
-``samples`` > 1 averages several samples), global normalisation and contrast enhancement on the
-model grid, resample back to the exact CT shape, 12-bit mapping.
+``samples`` > 1 averages several samples, run as one batch), global normalisation and contrast
+enhancement on the model grid, resample back to the exact CT shape, 12-bit mapping. With several
+samples the result also carries their per-voxel standard deviation in MR pixel units (the
+uncertainty map).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import numpy as np
-import torch
+# cuBLAS is deterministic only with a fixed workspace, and reads this once when CUDA starts;
+# set before anything here touches CUDA (a value the operator set is kept).
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from ..errors import InputError, ModelError
 from . import pre_post
 from .checkpoint import Checkpoint, load_checkpoint
 from .diffusion import RefinePlan, SamplingPlan, refine_plan, sampling_plan
-from .sampler import EvalCounter, WindowSpec, predict_regression, sample_diffusion, sample_refine
+from .sampler import EvalCounter, WindowSpec, diffusion_samples, mean_of, predict_regression, refine_samples
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +39,15 @@ CPU_MIN_BATCH = 2
 #: Voxels of model grid kept around the body's bounding box (context for the network's edge).
 CROP_MARGIN = 4
 SAMPLERS = ("auto", "refine", "ddim", "ddpm")
+#: Bytes of sample state on the model grid that one batch of samples may hold on the CPU (the
+#: samples, their sliding-window output and blending buffers: about 4 float32 copies each);
+#: more samples than fit are run in consecutive batches. On a GPU only patches live on the
+#: device, so all samples always run in one batch there.
+CPU_SAMPLE_BUDGET_BYTES = 4 * 1024**3
+#: Network evaluations per patch a refine model uses when several samples are asked for and
+#: ``steps`` is left to the card: its single default evaluation is the deterministic estimate,
+#: so all samples would be equal; 2 adds one stochastic DDIM step from t0.
+MIN_REFINE_STEPS_FOR_SAMPLES = 2
 
 
 @dataclass(frozen=True)
@@ -41,7 +57,9 @@ class TranslationSettings:
     ``steps`` counts network evaluations per patch and sample (refine: the estimate plus
     ``steps - 1`` DDIM steps); None takes the model card's default. ``sampler`` "auto" takes the
     card's method (refine for the enhanced model, ddim for a plain DDPM). ``samples`` > 1 returns
-    the mean of that many samples, each with its own seed derived from ``seed``.
+    the mean of that many samples, each with its own seed derived from ``seed``, and their
+    standard deviation; a refine model then needs at least 2 evaluations (``steps`` None gives
+    ``max(card default, 2)``; an explicit 1 is a ModelError).
     """
 
     steps: int | None = None
@@ -94,6 +112,36 @@ class TranslationResult:
     device: str
     network_evaluations: int
     seconds: float
+    #: Numerical precision of the network: "fp32" (CPU), or the CUDA autocast dtype ("bf16",
+    #: "fp16"). It changes the pixels, so it enters the output UIDs.
+    precision: str = "fp32"
+    #: With ``samples`` >= 2: the per-voxel standard deviation across the samples (float32, the
+    #: shape of ``mr``, in MR pixel units: each sample through the post-processing fitted on the
+    #: mean that became ``mr``; zero outside the body). None with one sample.
+    uncertainty: np.ndarray | None = None
+
+
+#: Precision names of the autocast dtypes (None: no autocast, plain float32).
+PRECISIONS: dict[torch.dtype | None, str] = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+@contextlib.contextmanager
+def deterministic(device: torch.device) -> Iterator[None]:
+    """On CUDA: deterministic algorithms and cuDNN kernels (no autotuning) for the block,
+    restoring the caller's settings after; an op without a deterministic kernel raises
+    (warn_only=False) rather than silently varying. The CPU kernels used are deterministic."""
+    if device.type != "cuda":
+        yield
+        return
+    was_enabled = torch.are_deterministic_algorithms_enabled()
+    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=False)
+    try:
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled,
+                                        benchmark=False, deterministic=True):
+            yield
+    finally:
+        torch.use_deterministic_algorithms(was_enabled, warn_only=was_warn_only)
 
 
 def resolve_device(name: str) -> tuple[torch.device, torch.dtype | None]:
@@ -159,12 +207,25 @@ class Translator:
         steps = settings.steps if settings.steps is not None else default
         if steps < 1:
             raise ModelError(f"steps must be at least 1, got {steps}")
+        if sampler == "refine" and settings.samples >= 2:
+            if settings.steps is None:
+                steps = max(steps, MIN_REFINE_STEPS_FOR_SAMPLES)
+            elif steps < MIN_REFINE_STEPS_FOR_SAMPLES:
+                raise ModelError(
+                    f"steps {steps} with samples {settings.samples}: a refine model's single evaluation is its "
+                    "deterministic estimate, so every sample would be the same; use steps >= 2 (or leave steps "
+                    "to the model card, which then uses 2) or samples 1")
         return dataclasses.replace(settings, sampler=sampler, steps=steps)
 
     @property
     def device(self) -> str:
         """The compute device actually used, e.g. "cpu" or "cuda:0"."""
         return str(self._device)
+
+    @property
+    def precision(self) -> str:
+        """The network's numerical precision: "fp32" on the CPU, "bf16" or "fp16" on CUDA."""
+        return PRECISIONS[self._autocast]
 
     def translate(self, ct_hu: np.ndarray, spacing: tuple[float, float, float],
                   progress: Callable[[int, int], None] | None = None) -> TranslationResult:
@@ -186,17 +247,22 @@ class Translator:
         ct_model, mask_model = pre_post.to_model_grid(ct_hu, mask, grid, self._mapping)
         counter = EvalCounter()
         box = body_box(mask_model)
+        samples = self._sample(np.ascontiguousarray(ct_model[box]), counter, progress)
         raw = np.full(ct_model.shape, -1.0, dtype=np.float32)
-        raw[box] = self._sample(np.ascontiguousarray(ct_model[box]), counter, progress)
+        raw[box] = mean_of(samples)[0, 0].numpy()
         if not np.isfinite(raw).all():
             raise ModelError("the network produced non-finite values; the checkpoint may be corrupt or diverged")
         enhanced = pre_post.postprocess_model_grid(raw, mask_model)
         back = pre_post.resample(enhanced, ct_hu.shape)
         mr, center, width = pre_post.to_uint12(back, mask)
+        uncertainty = None
+        if samples.shape[0] >= 2:
+            uncertainty = sample_deviation(samples[:, 0].numpy(), box, raw, mask_model, ct_hu.shape, mask)
         seconds = time.perf_counter() - start
         log.info("translated a %s volume (model grid %s) in %.1f s, %d network evaluations",
                  ct_hu.shape, grid, seconds, counter.count)
-        return TranslationResult(mr, center, width, self.model_info, self.settings, self.device, counter.count, seconds)
+        return TranslationResult(mr, center, width, self.model_info, self.settings, self.device, counter.count,
+                                 seconds, precision=self.precision, uncertainty=uncertainty)
 
     def _batch(self) -> int:
         """Patches per network call: on the CPU at least 2, since torch sends a single 3D patch of
@@ -205,19 +271,66 @@ class Translator:
             return max(CPU_MIN_BATCH, self.settings.sw_batch_size)
         return self.settings.sw_batch_size
 
+    def _samples_per_batch(self, voxels: int) -> int:
+        """How many samples run together: all on a GPU (only patches live there); on the CPU as
+        many as :data:`CPU_SAMPLE_BUDGET_BYTES` holds (about 4 float32 copies per sample)."""
+        n = self.settings.samples
+        if self._device.type != "cpu":
+            return n
+        return max(1, min(n, CPU_SAMPLE_BUDGET_BYTES // max(1, 16 * voxels)))
+
     def _sample(self, ct_model: np.ndarray, counter: EvalCounter,
-                progress: Callable[[int, int], None] | None) -> np.ndarray:
+                progress: Callable[[int, int], None] | None) -> torch.Tensor:
+        """The samples (N, 1, z, y, x) on the cropped model grid (one for the regression UNet)."""
         card = self._ckpt.card
         spec = WindowSpec(card.patch_size, self.settings.overlap, self._batch(), self._device, self._autocast)
         ct = torch.from_numpy(ct_model)[None, None]
         try:
-            seeds = sample_seeds(self.settings.seed, self.settings.samples)
-            if self._plan is None:
-                out = predict_regression(self._network, ct, spec, counter, progress)
-            elif isinstance(self._plan, RefinePlan):
-                out = sample_refine(self._network, ct, self._plan, spec, seeds, counter, progress)
-            else:
-                out = sample_diffusion(self._network, ct, self._plan, spec, seeds, counter, progress)
+            with deterministic(self._device):
+                out = self._run(ct, spec, counter, progress)
         except torch.cuda.OutOfMemoryError as exc:
             raise ModelError(f"out of GPU memory on {self.device}; lower sw_batch_size or use --device cpu") from exc
-        return out[0, 0].numpy()
+        except RuntimeError as exc:
+            if "deterministic" not in str(exc):
+                raise
+            raise ModelError(f"the network uses an operation without a deterministic CUDA kernel on "
+                             f"{self.device} ({str(exc)[:200]}); translate with --device cpu") from exc
+        return out
+
+    def _run(self, ct: torch.Tensor, spec: WindowSpec, counter: EvalCounter,
+             progress: Callable[[int, int], None] | None) -> torch.Tensor:
+        """The sampler the settings name, on ``ct`` (1, 1, z, y, x) on the model grid."""
+        seeds = sample_seeds(self.settings.seed, self.settings.samples)
+        batch = self._samples_per_batch(int(ct.numel()))
+        if self._plan is None:
+            return predict_regression(self._network, ct, spec, counter, progress)
+        if isinstance(self._plan, RefinePlan):
+            return refine_samples(self._network, ct, self._plan, spec, seeds, counter, progress, batch)
+        return diffusion_samples(self._network, ct, self._plan, spec, seeds, counter, progress, batch)
+
+
+def sample_deviation(samples: np.ndarray, box: tuple[slice, ...], mean: np.ndarray, mask_model: np.ndarray,
+                     shape: tuple[int, ...], mask: np.ndarray) -> np.ndarray:
+    """Per-voxel standard deviation of ``samples`` (N, cropped model grid) in MR pixel units on the
+    CT grid (float32, zero outside ``mask``).
+
+    Each sample, placed like the mean (``-1`` outside ``box``), goes through the post-processing
+    fitted on ``mean`` (:class:`pre_post.PostMapping`), times 4095 like the MR; the population
+    standard deviation (ddof 0) is taken on the model grid in float64 and resampled to the CT grid
+    as the MR is (linear), which is cheaper than resampling every sample and equal where the
+    deviation varies slowly. Identical samples give exactly 0.
+    """
+    mapping = pre_post.PostMapping.fit(mean, mask_model)
+    full = np.full(mean.shape, -1.0, dtype=np.float32)
+    mapped = []
+    for sample in samples:
+        full[box] = sample
+        mapped.append(mapping(full)[box].astype(np.float64) * pre_post.MAX_12BIT)
+    stack = np.stack(mapped)
+    centre = stack.mean(axis=0)
+    deviation = np.zeros(mean.shape, dtype=np.float32)
+    deviation[box] = np.sqrt(np.mean((stack - centre) ** 2, axis=0))
+    deviation[~mask_model] = 0.0
+    back = pre_post.resample(deviation, shape)
+    back[~mask] = 0.0
+    return np.maximum(back, 0.0).astype(np.float32, copy=False)

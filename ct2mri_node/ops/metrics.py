@@ -1,10 +1,32 @@
-"""Prometheus metrics of a running node, each in the node's own registry.
+"""Prometheus metrics of a running node or worker, each in the process's own registry.
 
-Event metrics come from thin subclasses of the spool and the job store (so the SCP and the
-worker need no metric calls of their own): instances received, series completed, translation
-seconds, send outcomes and the latency from the last CT instance to the MR series confirmed at
-each destination. Jobs by state and the queue depth are read from the durable store at every
-scrape, so they are right after a restart too.
+Event metrics come from listeners on the spool and the job store (:class:`SpoolMetrics`,
+:class:`JobMetrics`, added by :meth:`NodeMetrics.observe_spool` / :meth:`NodeMetrics.observe_store`),
+so neither the SCP nor the worker makes metric calls of its own and neither class is subclassed:
+instances received, series completed, translation seconds, send outcomes and the latency from the
+last CT instance to the MR series confirmed at each destination. Jobs by state, the queue depth
+and the spool's free bytes are read at every scrape, so they are right after a restart too;
+``ct2mri_destination_up`` is set by the destination prober (``ops/health.py``).
+
+Each metric is registered only in the roles that update it (``receives``: ``serve`` of either
+role; ``translates``: ``serve --role all`` and ``ct2mri-node worker``), so no role exports a
+metric that nothing in it ever changes:
+
+=========================================  ====================  ==============================
+metric                                     updated by            exported by
+=========================================  ====================  ==============================
+ct2mri_instances_received_total            spool listener        receiving roles
+ct2mri_series_completed_total              job store listener    receiving roles
+ct2mri_spool_purged_total                  spool listener        receiving roles (retention)
+ct2mri_routing_decisions_total             node (completion)     receiving roles
+ct2mri_series_rejected_total               worker observer       translating roles
+ct2mri_translation_seconds                 job store listener    translating roles
+ct2mri_sends_total                         job store listener    translating roles
+ct2mri_last_ct_to_mr_confirmed_seconds     job store listener    translating roles
+ct2mri_destination_up                      destination prober    every role with ops.http_port
+ct2mri_jobs, ct2mri_queue_depth            read at scrape        every role
+ct2mri_spool_free_bytes                    read at scrape        every role
+=========================================  ====================  ==============================
 """
 
 from __future__ import annotations
@@ -13,13 +35,13 @@ import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ..errors import Ct2MriError, SpoolError
 from ..jobs.store import STATES, JobStore
-from ..receive.spool import InstanceHeader, Spool, StoreOutcome
+from ..receive.spool import Spool, StoreOutcome
 
 log = logging.getLogger(__name__)
 
@@ -30,33 +52,60 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class NodeMetrics:
-    """The node's metrics; one registry per node so that tests and nodes never collide."""
+    """The process's metrics; one registry per node or worker so that tests and nodes never collide.
 
-    def __init__(self) -> None:
+    ``receives``: this process runs the SCP (instances, completed series, retention);
+    ``translates``: it runs a worker (translations, sends, latency, rejections). A metric of a
+    role the process does not have still exists (callers need no checks) but is not registered,
+    so it is never exported.
+    """
+
+    def __init__(self, receives: bool = True, translates: bool = True) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        rx = r if receives else None
+        tx = r if translates else None
         self.instances_received = Counter(
-            "ct2mri_instances_received", "CT instances received by C-STORE, by spool outcome",
-            ["outcome"], registry=r)
+            "ct2mri_instances_received", "CT instances received by C-STORE, by spool outcome (receiving roles only)",
+            ["outcome"], registry=rx)
         self.series_completed = Counter(
-            "ct2mri_series_completed", "Series that became a job (complete after the quiet period)", registry=r)
+            "ct2mri_series_completed",
+            "Series that became a job (complete after the quiet period; receiving roles only)", registry=rx)
+        self.spool_purged = Counter(
+            "ct2mri_spool_purged", "Spool folders removed by retention: kind=input (a series' CT) or output "
+            "(a job's MR); receiving roles only (they run the sweep)",
+            ["kind"], registry=rx)
+        self.routing_decisions = Counter(
+            "ct2mri_routing_decisions",
+            "Routing decisions for complete series, by rule and action (receiving roles only: they route)",
+            ["rule", "action"], registry=rx)
         self.series_rejected = Counter(
             "ct2mri_series_rejected", "Jobs that failed before or during translation, by reason code",
-            ["reason"], registry=r)
+            ["reason"], registry=tx)
         self.translation_seconds = Histogram(
             "ct2mri_translation_seconds", "Wall time of one translation (sampling + post-processing)",
-            buckets=_SECONDS_BUCKETS, registry=r)
+            buckets=_SECONDS_BUCKETS, registry=tx)
         self.sends = Counter(
             "ct2mri_sends", "Send attempts by destination and outcome (done, pending, failed)",
-            ["destination", "status"], registry=r)
+            ["destination", "status"], registry=tx)
         self.latency_seconds = Histogram(
             "ct2mri_last_ct_to_mr_confirmed_seconds",
             "From the last CT instance of a series to its MR series confirmed at a destination",
-            ["destination"], buckets=_SECONDS_BUCKETS, registry=r)
+            ["destination"], buckets=_SECONDS_BUCKETS, registry=tx)
+        self.destination_up = Gauge(
+            "ct2mri_destination_up",
+            "1 when the destination answered its last background probe (C-ECHO, or a writable folder), else 0",
+            ["destination"], registry=r)
 
-        self.spool_purged = Counter(
-            "ct2mri_spool_purged", "Spool folders removed by retention: kind=input (a series' CT) or output (a job's MR)",
-            ["kind"], registry=r)
+    def observe_spool(self, spool: Spool) -> None:
+        """Count the spool's stores and removals (a listener) and export its free bytes."""
+        spool.listeners.append(SpoolMetrics(self))
+        self.watch_spool(spool)
+
+    def observe_store(self, store: JobStore) -> None:
+        """Turn the store's records into metrics (a listener) and export jobs by state."""
+        store.listeners.append(JobMetrics(self))
+        self.watch_store(store)
 
     def watch_spool(self, spool: Spool) -> None:
         """Export the spool's free bytes, read at each scrape."""
@@ -110,49 +159,39 @@ class SpoolFreeCollector(Collector):
         yield free
 
 
-class MeteredSpool(Spool):
-    """The spool, counting every C-STORE it is asked to keep by outcome."""
+class SpoolMetrics:
+    """A :class:`~ct2mri_node.receive.spool.SpoolListener`: every C-STORE the spool is asked to
+    keep, by outcome, and every folder retention removes."""
 
-    def __init__(self, root: Any, metrics: NodeMetrics) -> None:
-        super().__init__(root)
+    def __init__(self, metrics: NodeMetrics) -> None:
         self.metrics = metrics
-        metrics.watch_spool(self)
 
-    def store(self, data: bytes, header: InstanceHeader, *args: Any, **kwargs: Any) -> StoreOutcome:
-        try:
-            outcome = super().store(data, header, *args, **kwargs)
-        except SpoolError:
-            self.metrics.instances_received.labels("out_of_resources").inc()
-            raise
+    def instance_stored(self, outcome: StoreOutcome, nbytes: int) -> None:
         self.metrics.instances_received.labels(outcome.value).inc()
-        return outcome
 
-    def removed(self, kind: str) -> None:
+    def store_failed(self, error: SpoolError) -> None:
+        self.metrics.instances_received.labels("out_of_resources").inc()
+
+    def folder_removed(self, kind: str) -> None:
         self.metrics.spool_purged.labels(kind).inc()
 
 
-class MeteredJobStore(JobStore):
-    """The job store, turning the worker's records into metrics as they are written."""
+class JobMetrics:
+    """A :class:`~ct2mri_node.jobs.store.JobListener`: the worker's records as metrics."""
 
-    def __init__(self, path: Any, metrics: NodeMetrics) -> None:
-        super().__init__(path)
+    def __init__(self, metrics: NodeMetrics) -> None:
         self.metrics = metrics
-        metrics.watch_store(self)
 
-    def series_complete(self, *args: Any, **kwargs: Any) -> None:
-        super().series_complete(*args, **kwargs)
+    def series_completed(self) -> None:
         self.metrics.series_completed.inc()
 
-    def record_timings(self, job_id: int, timings: Mapping[str, float]) -> None:
-        """Store the timings; ``translation`` and ``latency:<destination>`` are observed too
-        (``record_timing`` comes here)."""
-        super().record_timings(job_id, timings)
+    def timings_recorded(self, job_id: int, timings: Mapping[str, float]) -> None:
+        """``translation`` and ``latency:<destination>`` are observed; other stages are not metrics."""
         for stage, seconds in timings.items():
             if stage == "translation":
                 self.metrics.translation_seconds.observe(seconds)
             elif stage.startswith("latency:"):
                 self.metrics.latency_seconds.labels(stage.removeprefix("latency:")).observe(seconds)
 
-    def record_delivery(self, job_id: int, destination: str, state: str, *args: Any, **kwargs: Any) -> None:
-        super().record_delivery(job_id, destination, state, *args, **kwargs)
+    def delivery_recorded(self, job_id: int, destination: str, state: str) -> None:
         self.metrics.sends.labels(destination, state).inc()

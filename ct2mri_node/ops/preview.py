@@ -1,7 +1,7 @@
 """QA preview: a PNG montage of the CT beside its synthetic MR (axial, coronal, sagittal through
 the centre), so that a physicist can eyeball a result without a DICOM viewer.
 
-Reuses the training montage renderer; the MR is shown with the display window the encoder
+Uses the montage renderer of ``render/montage.py``; the MR is shown with the display window the encoder
 suggested for the series.
 """
 
@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from ..jobs.pipeline import PipelineResult
-from ..training.montage import CT_WINDOW, Row, render
+from ..render.montage import CT_WINDOW, Row, render
 
 log = logging.getLogger(__name__)
 

@@ -40,6 +40,7 @@ def build_provenance(job: Job, result: PipelineResult) -> dict[str, Any]:
             "seed": settings.seed,
             "overlap": settings.overlap,
             "device": translation.device,
+            "precision": translation.precision,
             "network_evaluations": translation.network_evaluations,
             "seconds": round(float(translation.seconds), 3),
         },
@@ -48,6 +49,8 @@ def build_provenance(job: Job, result: PipelineResult) -> dict[str, Any]:
             "instances": len(result.datasets),
         },
         "job": {"id": job.id, "attempt": job.attempts},
+        "routing": {"rule": job.rule, "action": job.action, "model": job.model,
+                    "destinations": None if job.destinations is None else list(job.destinations)},
     }
 
 

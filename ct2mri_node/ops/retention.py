@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from ..config import RetentionSettings
 from ..errors import Ct2MriError
+from ..jobs.outputs import output_job_ids, remove_output
 from ..jobs.store import JobStore, PurgeCandidate
 from ..receive.spool import Spool
 
@@ -61,7 +62,9 @@ def enabled(settings: RetentionSettings) -> bool:
 
 def _due(row: PurgeCandidate, now: float, settings: RetentionSettings) -> bool:
     """Whether one job is finished long enough ago for its files to go."""
-    hours = {"done": settings.delivered_hours, "failed": settings.failed_hours}.get(row.state)
+    # an ignored series' CT is removed when it is ignored; one kept then (another job of the series
+    # was active) goes with the series' other finished jobs
+    hours = {"done": settings.delivered_hours, "failed": settings.failed_hours, "ignored": 0.0}.get(row.state)
     if hours is None or row.finished_at is None:
         return False
     return row.finished_at <= now - hours * 3600.0
@@ -125,15 +128,15 @@ def _remove(
         log.info("retention kept series %s: it is being received again or a job of it changed", uid)
         return False
     for job_id in removal.jobs:
-        spool.remove_output(job_id)
+        remove_output(spool, job_id)
     return True
 
 
 def _remove_orphan_outputs(store: JobStore, spool: Spool) -> int:
     """Output folders of purged jobs that a crash left behind (marked, not yet removed)."""
-    orphans = store.purged_ids(spool.output_job_ids())
+    orphans = store.purged_ids(output_job_ids(spool))
     for job_id in sorted(orphans):
-        spool.remove_output(job_id)
+        remove_output(spool, job_id)
     return len(orphans)
 
 

@@ -1,9 +1,16 @@
-"""Series completion: a series is complete once every association that delivered part of it
-has closed AND no new instance has arrived for ``quiet_period_s``.
+"""Series completion: when a received series is whole and may be translated.
+
+A series is complete when no new instance of it has arrived for ``quiet_period_s`` and every
+association that delivered part of it has closed, or, when a sender keeps its association open
+(routers and PACS that send study after study on one association), after the longer
+``open_association_quiet_s`` without a new instance even though the association stays open.
 
 A background thread checks the open series a few times per quiet period and calls the sink
 exactly once per completed series; instances that arrive over several associations or with
-pauses shorter than the quiet period keep extending the same series.
+pauses shorter than the quiet period keep extending the same series. An instance that arrives
+after its series completed opens the series again: it becomes a new job one quiet period later.
+When the sink cannot record a complete series (the job database is away), the series stays
+pending and is reported again every ``RETRY_S`` until it is recorded: nothing accepted is dropped.
 """
 
 from __future__ import annotations
@@ -17,6 +24,9 @@ from typing import Protocol
 
 log = logging.getLogger(__name__)
 
+#: A complete series whose job could not be recorded (the job store unreachable) is tried again after this.
+RETRY_S = 5.0
+
 
 class SeriesSink(Protocol):
     """Where completion reports (the job store, wired in by node.py)."""
@@ -24,8 +34,12 @@ class SeriesSink(Protocol):
     def series_received(self, series_uid: str, study_uid: str) -> None:
         """First instance of a series seen (may be called again after a restart)."""
 
-    def series_complete(self, series_uid: str, study_uid: str, last_instance_at: float) -> None:
-        """The series is complete; ``last_instance_at`` is wall-clock time of its last instance."""
+    def series_complete(
+        self, series_uid: str, study_uid: str, last_instance_at: float, calling_ae: str | None = None
+    ) -> None:
+        """The series is complete; ``last_instance_at`` is wall-clock time of its last instance,
+        ``calling_ae`` the AE title of the association that sent its last new instance (None when
+        unknown, e.g. a series found in the spool after a restart)."""
 
 
 @dataclass
@@ -35,6 +49,7 @@ class _Pending:
     last_arrival_wall: float               # time.time(), for latency records
     open_associations: set[int] = field(default_factory=set)
     hold_until: float = 0.0                # monotonic; not complete before (restart grace)
+    calling_ae: str | None = None          # sender of the last new instance
 
 
 class CompletionWatcher:
@@ -45,9 +60,13 @@ class CompletionWatcher:
         sink: SeriesSink,
         quiet_period_s: float,
         clock: Callable[[], float] = time.monotonic,
+        open_association_quiet_s: float | None = None,
     ) -> None:
         self._sink = sink
         self._quiet = float(quiet_period_s)
+        # never shorter than the quiet period: a released association must not wait longer
+        self._open_quiet = max(self._quiet, float(
+            10.0 if open_association_quiet_s is None else open_association_quiet_s))
         self._clock = clock
         self._pending: dict[str, _Pending] = {}
         self._lock = threading.Lock()
@@ -55,9 +74,11 @@ class CompletionWatcher:
         self._thread: threading.Thread | None = None
 
     def instance_received(
-        self, series_uid: str, study_uid: str, association: int | None, hold_s: float = 0.0
+        self, series_uid: str, study_uid: str, association: int | None, hold_s: float = 0.0,
+        calling_ae: str | None = None,
     ) -> None:
-        """Record an accepted instance delivered on ``association`` (None: not on a network).
+        """Record an accepted instance delivered on ``association`` (None: not on a network) by
+        ``calling_ae`` (the association's calling AE title, for routing and priority rules).
 
         ``hold_s`` keeps the series open at least that long (a series found in the spool after
         a restart waits for its sender to re-send the rest instead of completing half-received).
@@ -73,6 +94,8 @@ class CompletionWatcher:
             entry.hold_until = max(entry.hold_until, entry.last_arrival + hold_s)
             if association is not None:
                 entry.open_associations.add(association)
+            if calling_ae is not None:
+                entry.calling_ae = calling_ae
         if new:
             log.info("receiving series %s", series_uid)
             self._sink.series_received(series_uid, study_uid)
@@ -108,16 +131,37 @@ class CompletionWatcher:
         done: list[tuple[str, _Pending]] = []
         with self._lock:
             for uid, entry in list(self._pending.items()):
-                quiet = now - entry.last_arrival >= self._quiet and now >= entry.hold_until
-                if not entry.open_associations and quiet:
+                if now < entry.hold_until:
+                    continue
+                idle = now - entry.last_arrival
+                if idle >= (self._open_quiet if entry.open_associations else self._quiet):
                     done.append((uid, self._pending.pop(uid)))
         for uid, entry in done:
-            log.info("series %s complete", uid)
+            if entry.open_associations:
+                log.info("series %s complete (no new instance for %.1f s; its association is still open)",
+                         uid, self._open_quiet)
+            else:
+                log.info("series %s complete", uid)
             try:
-                self._sink.series_complete(uid, entry.study_uid, entry.last_arrival_wall)
-            except Exception:  # keep watching other series; the spool still holds this one
-                log.exception("could not queue series %s; it is re-detected on restart", uid)
+                self._sink.series_complete(uid, entry.study_uid, entry.last_arrival_wall, entry.calling_ae)
+            except Exception as exc:  # e.g. the job database is unreachable: the spool still holds it
+                log.warning("could not queue series %s (%s); trying again in %.0f s", uid, exc, RETRY_S)
+                self._retry_later(uid, entry)
         return [uid for uid, _ in done]
+
+    def _retry_later(self, uid: str, entry: _Pending) -> None:
+        """Put a series whose completion could not be recorded back, due again in ``RETRY_S``
+        (merged with any instance of it that arrived meanwhile)."""
+        with self._lock:
+            current = self._pending.get(uid)
+            if current is None:
+                entry.hold_until = self._clock() + RETRY_S
+                self._pending[uid] = entry
+            else:
+                current.open_associations |= entry.open_associations
+                current.hold_until = max(current.hold_until, self._clock() + RETRY_S)
+                if current.calling_ae is None:
+                    current.calling_ae = entry.calling_ae
 
     def start(self) -> None:
         """Start the background checking thread."""
@@ -135,6 +179,6 @@ class CompletionWatcher:
             self._thread = None
 
     def _run(self) -> None:
-        interval = min(0.1, max(self._quiet / 5, 0.01))
+        interval = min(0.1, max(self._quiet / 5, 0.01))   # a quiet period of 0 still polls at 10 ms
         while not self._stop.wait(interval):
             self.check()

@@ -78,8 +78,14 @@ CT_TRANSFER_SYNTAXES: tuple[UID, ...] = CT_LOSSLESS_SYNTAXES + CT_LOSSY_SYNTAXES
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
+DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC210
 PROCESSING_FAILURE = 0xC211
+
+#: A-ASSOCIATE-RJ (result, source, diagnostic) pynetdicom sends when ``maximum_associations``
+#: acceptor associations are already open: rejected-transient, service provider (presentation),
+#: local limit exceeded.
+LOCAL_LIMIT_EXCEEDED = (0x02, 0x03, 0x02)
 
 
 _MB = 1024 * 1024
@@ -183,10 +189,10 @@ def handle_store(
         return refusal
     if header.sop_class_uid != event.context.abstract_syntax:
         log.warning(
-            "refused instance %s: SOP Class %s does not match its presentation context %s",
-            header.sop_instance_uid, header.sop_class_uid, event.context.abstract_syntax,
+            "answered 0xA900 to %s for instance %s: SOP Class %s does not match its presentation context %s",
+            _peer(event), header.sop_instance_uid, header.sop_class_uid, event.context.abstract_syntax,
         )
-        return CANNOT_UNDERSTAND
+        return _status(DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "data set SOP Class UID differs from the context's")
     try:
         with _encoded_parts(event) as parts:
             outcome = spool.store(parts, header)
@@ -200,7 +206,8 @@ def handle_store(
         if outcome is StoreOutcome.DUPLICATE:   # a re-send keeps a pending series open
             watcher.touch(header.series_uid, id(event.assoc))
         else:
-            watcher.instance_received(header.series_uid, header.study_uid, id(event.assoc))
+            watcher.instance_received(header.series_uid, header.study_uid, id(event.assoc),
+                                      calling_ae=_calling_ae(event))
     except Exception:  # the instance is durable; the series is re-detected on restart
         log.exception("could not record series %s for completion", header.series_uid)
     fault_point("mid_association")
@@ -208,7 +215,12 @@ def handle_store(
 
 
 def handle_requested(event: evt.Event, allowed: Sequence[CallingAE]) -> None:
-    """A-ASSOCIATE-RQ: reject unknown callers (AE title and host), then callers over the limit."""
+    """A-ASSOCIATE-RQ: reject callers not on the allow-list (AE title and host).
+
+    The called AE title and the association limit are pynetdicom's own checks
+    (``require_called_aet``, ``maximum_associations``), made after this handler;
+    :func:`handle_rejected` logs what they turn away.
+    """
     primitive = event.assoc.requestor.primitive
     calling = str(primitive.calling_ae_title).strip()
     host = event.assoc.requestor.address
@@ -219,23 +231,41 @@ def handle_requested(event: evt.Event, allowed: Sequence[CallingAE]) -> None:
             "rejected association from calling AE %r at %s: not in calling_aes of the config",
             calling, host,
         )
-        _reject(event, (0x01, 0x01, 0x03))  # permanent, service user, calling AE unknown
+        # pynetdicom skips its own negotiation once the handler has sent a rejection
+        event.assoc.acse.send_reject(0x01, 0x01, 0x03)  # permanent, service user, calling AE unknown
+        event.assoc.kill()
+
+
+def handle_rejected(event: evt.Event) -> None:
+    """EVT_REJECTED: log why pynetdicom turned a caller away, with its AE title and address.
+
+    As acceptor, pynetdicom fires this after sending its own A-ASSOCIATE-RJ (association limit,
+    called AE title); the result, source and diagnostic sent are in the acceptor's primitive.
+    """
+    assoc = event.assoc
+    if not assoc.is_acceptor:
         return
-    ae = event.assoc.ae
-    active = sum(1 for a in ae.active_associations if a.is_acceptor)
-    if active > ae.maximum_associations:
+    calling = str(assoc.requestor.ae_title).strip()
+    host = assoc.requestor.address
+    sent = assoc.acceptor.primitive
+    rsd = (getattr(sent, "result", None), getattr(sent, "result_source", None), getattr(sent, "diagnostic", None))
+    if rsd == LOCAL_LIMIT_EXCEEDED:
         log.warning(
-            "rejected association from calling AE %r at %s: %d associations already open"
-            " (node.max_associations=%d); the caller may try again later",
-            calling, host, active - 1, ae.maximum_associations,
+            "rejected association from calling AE %r at %s: the node already has its limit of"
+            " associations open (node.max_associations=%d); the caller may try again later",
+            calling, host, assoc.ae.maximum_associations,
         )
-        _reject(event, (0x02, 0x03, 0x02))  # transient, service provider, local limit exceeded
-
-
-def _reject(event: evt.Event, result_source_reason: tuple[int, int, int]) -> None:
-    event.assoc.acse.send_reject(*result_source_reason)
-    event.assoc.is_rejected = True
-    event.assoc.kill()
+    elif rsd == (0x01, 0x01, 0x07):
+        log.warning(
+            "rejected association from calling AE %r at %s: called AE title %r is not ours (node.ae_title=%s)",
+            calling, host, str(assoc.requestor.primitive.called_ae_title).strip(), assoc.ae.ae_title,
+        )
+    else:
+        log.warning(
+            "rejected association from calling AE %r at %s: %s, %s, %s",
+            calling, host, getattr(sent, "result_str", rsd[0]), getattr(sent, "source_str", rsd[1]),
+            getattr(sent, "reason_str", rsd[2]),
+        )
 
 
 def handle_accepted(event: evt.Event) -> None:
@@ -260,6 +290,11 @@ def handle_accepted(event: evt.Event) -> None:
 def handle_closed(event: evt.Event, watcher: CompletionWatcher) -> None:
     """Connection closed (release, abort or loss): the association's series may complete."""
     watcher.association_closed(id(event.assoc))
+
+
+def _calling_ae(event: evt.Event) -> str:
+    """The calling AE title of the event's association (as the requestor sent it, trimmed)."""
+    return str(event.assoc.requestor.ae_title).strip()
 
 
 def _peer(event: evt.Event) -> str:
@@ -297,6 +332,7 @@ class StoreSCP:
         self._ae = build_ae(settings)
         self._handlers = [
             (evt.EVT_REQUESTED, handle_requested, [list(calling_aes)]),
+            (evt.EVT_REJECTED, handle_rejected),
             (evt.EVT_ACCEPTED, handle_accepted),
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_C_STORE, handle_store, [spool, watcher, admission]),

@@ -3,65 +3,53 @@
 Layout under the spool root::
 
     incoming/<series uid>/<sop instance uid>.dcm   received CT, one file per instance
-    output/<job id>/                               the job's MR series (sends retry from here)
+    output/<job id>/                               the job's MR series (jobs/outputs.py)
     jobs.sqlite3                                   job records (see jobs/store.py)
+    receiver.lock                                  held by the receiving process (receive/lock.py)
 
 Every file is written to a temporary name in its final folder, fsynced, renamed with
 ``os.replace`` and the folder fsynced (:mod:`ct2mri_node.fsutil`), so a crash leaves either
 the old or the new file.
 
-The C-STORE path asks "how many instances does this series have, is this one among them, how
-much disk is free" for every instance. Scanning the folder each time costs O(slices) per
-instance, so :class:`Spool` keeps the SOP Instance UIDs of recently received series in memory
-(seeded from the folder on first use) and re-reads free space at most every
-``FREE_SPACE_MAX_AGE_S`` seconds or ``FREE_SPACE_MAX_WRITTEN`` bytes. This is exact as long as
-one process receives into ``incoming/`` (the ``serve`` or ``serve --role receiver`` process,
-as deployed, which holds ``receiver.lock``: :meth:`Spool.lock_receiver`); a process that removes
-a series folder calls :meth:`Spool.forget`.
+:class:`Spool` stores instances and lists series. It answers the C-STORE path's per-instance
+questions from memory (:mod:`ct2mri_node.receive.members`), which is exact while one process
+receives into ``incoming/`` (the one holding ``receiver.lock``: :meth:`Spool.lock_receiver`).
+Retention removes a series (:meth:`Spool.remove_series`) crash-safely
+(:mod:`ct2mri_node.receive.removal`); a store and the removal of the same series exclude each
+other through a per-series readers/writer guard: stores share it (one series over several
+associations is not serialised), a removal takes it alone.
 
-Retention removes folders (:meth:`Spool.remove_series`, :meth:`Spool.remove_output`) crash-safely:
-the folder is first renamed to a hidden ``.purge-<name>-<random>`` in the same parent (readers
-skip dot names), the parent fsynced, then deleted; :meth:`Spool.remove_leftovers` deletes what a
-crash left hidden. A store and the removal of the same series exclude each other through a
-per-series readers/writer guard: stores share it (one series over several associations is not
-serialised), a removal takes it alone.
+Observers (``ops/metrics.py``) subscribe through :attr:`Spool.listeners` (:class:`SpoolListener`)
+instead of subclassing; a listener that raises is logged and never fails a store.
 """
 
 from __future__ import annotations
 
 import enum
-import fcntl
 import logging
 import os
 import re
-import secrets
-import shutil
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import Protocol
 
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from ..errors import ConfigError, SpoolError
-from ..fsutil import Data, atomic_write, buffers, fsync_dir, try_lock
+from ..errors import SpoolError
+from ..fsutil import Data, atomic_write, buffers, fsync_dir
+from .lock import ReceiverLock
+from .members import FreeSpace, SeriesMembers
+from .removal import erase, hide, remove_leftovers, unhide
 
 log = logging.getLogger(__name__)
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
-#: Series whose instance UIDs stay in memory (least recently received ones are dropped first).
-KNOWN_SERIES = 256
-#: Free space is read from the file system again after this long or this many bytes written.
-FREE_SPACE_MAX_AGE_S = 1.0
-FREE_SPACE_MAX_WRITTEN = 64 * 1024 * 1024
-#: Prefix of a folder being removed (renamed first, so a crash never leaves half a series visible).
-PURGE_PREFIX = ".purge-"
 #: Series whose last store time is remembered before old entries are pruned.
 KNOWN_STORE_TIMES = 4096
 
@@ -77,6 +65,19 @@ class StoreOutcome(enum.Enum):
     STORED = "stored"
     DUPLICATE = "duplicate"   # same SOP Instance UID, same bytes: nothing written
     REPLACED = "replaced"     # same SOP Instance UID, different bytes: the newer kept
+
+
+class SpoolListener(Protocol):
+    """What the spool tells its observers (ops/metrics.py implements it)."""
+
+    def instance_stored(self, outcome: StoreOutcome, nbytes: int) -> None:
+        """An instance was kept (or found already kept); ``nbytes`` written (0 for a duplicate)."""
+
+    def store_failed(self, error: SpoolError) -> None:
+        """The disk refused an instance (the SCP answers out of resources)."""
+
+    def folder_removed(self, kind: str) -> None:
+        """Retention removed a folder: ``input`` (a series' CT) or ``output`` (a job's MR)."""
 
 
 @dataclass(frozen=True)
@@ -115,21 +116,21 @@ def header_from_dataset(ds: pydicom.Dataset) -> InstanceHeader:
 
 
 class Spool:
-    """The spool folder: durable received instances and per-job output folders."""
+    """The spool folder: durable received instances, listed by series."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.incoming = self.root / "incoming"
         self.output = self.root / "output"
+        #: Observers told about stores and removals (see :class:`SpoolListener`).
+        self.listeners: list[SpoolListener] = []
         self._lock = threading.Lock()
         self._guard_changed = threading.Condition(self._lock)
         self._storing: dict[str, int] = {}          # series -> stores in flight (shared guard)
         self._removing: set[str] = set()            # series being removed (exclusive guard)
         self._stored_at: dict[str, float] = {}      # series -> monotonic time of its last store
-        self._members: OrderedDict[str, set[str]] = OrderedDict()
-        self._free_at = float("-inf")      # monotonic time of the last statvfs
-        self._free = 0                     # free bytes then
-        self._written = 0                  # bytes stored since
+        self._members = SeriesMembers(self.incoming)
+        self._free = FreeSpace(self.root)
 
     @property
     def db_path(self) -> Path:
@@ -152,20 +153,38 @@ class Spool:
         series = header.series_uid
         self._enter_store(series)
         members: set[str] | None = None
+        nbytes = 0
         try:
             outcome, members = self._write(data, header)
+        except SpoolError as exc:
+            self._notify("store_failed", exc)
+            raise
         finally:
-            with self._lock:   # leaving the shared guard costs no extra lock round trip
-                if members is not None:
-                    members.add(header.sop_instance_uid)
-                    self._written += sum(b.nbytes for b in buffers(data))
+            if members is not None:
+                nbytes = sum(b.nbytes for b in buffers(data))
+                self._members.add(members, header.sop_instance_uid)
+                self._free.wrote(nbytes)
+            with self._lock:
                 self._leave_store(series)
         if outcome is StoreOutcome.REPLACED:
             log.warning(
                 "instance %s of series %s received again with different content; kept the newer",
                 header.sop_instance_uid, header.series_uid,
             )
+        self._notify("instance_stored", outcome, nbytes)
         return outcome
+
+    def _notify(self, event: str, *args: object) -> None:
+        """Call ``event`` on every listener; a listener's error is logged, never raised."""
+        for listener in self.listeners:
+            try:
+                getattr(listener, event)(*args)
+            except Exception:  # noqa: BLE001 (an observer must never fail a store or a removal)
+                log.exception("spool listener %r failed on %s", listener, event)
+
+    def notify_removed(self, kind: str) -> None:
+        """Tell the listeners a folder of ``kind`` (``input`` or ``output``) was removed."""
+        self._notify("folder_removed", kind)
 
     def _write(self, data: Data, header: InstanceHeader) -> tuple[StoreOutcome, set[str] | None]:
         """The store itself (under the series' shared guard): the outcome, and the member set to
@@ -173,7 +192,7 @@ class Spool:
         folder = os.path.join(self.incoming, header.series_uid)
         target = os.path.join(folder, f"{header.sop_instance_uid}.dcm")
         try:
-            members = self._series_members(header.series_uid)
+            members = self._members.get(header.series_uid)
             outcome = StoreOutcome.STORED
             if header.sop_instance_uid in members:
                 if _same_content(target, data):
@@ -186,7 +205,7 @@ class Spool:
             except FileNotFoundError:   # the folder was removed behind our back: make it again
                 self.forget(header.series_uid)
                 self._make_series_folder(folder)
-                members = self._series_members(header.series_uid)
+                members = self._members.get(header.series_uid)
                 atomic_write(Path(target), data)
         except OSError as exc:
             raise SpoolError(
@@ -259,92 +278,23 @@ class Spool:
             if unless_stored_since is not None and stored is not None and stored >= unless_stored_since:
                 return False
             try:
-                hidden = self._hide(folder)
+                hidden = hide(folder)
                 if confirm is not None and not confirm():
                     if hidden is not None:
-                        self._unhide(hidden, folder)
+                        unhide(hidden, folder)
                     return False
                 if hidden is not None:
-                    self._erase(hidden)
-                    self.removed("input")
+                    erase(hidden)
+                    self.notify_removed("input")
             finally:   # whatever happened, the members are read from the folder next time
                 self.forget(series_uid)
         return True
 
-    def remove_output(self, job_id: int) -> bool:
-        """Remove a job's MR series folder and the files beside it named ``<job id>.*`` (its QA
-        preview); True when something was removed."""
-        folder = self.output_dir(job_id)
-        hidden = self._hide(folder)
-        if hidden is not None:
-            self._erase(hidden)
-            self.removed("output")
-        removed = hidden is not None
-        prefix = f"{int(job_id)}."
-        try:
-            siblings = [p for p in self.output.iterdir() if p.name.startswith(prefix) and p.is_file()]
-            for path in siblings:
-                path.unlink(missing_ok=True)
-        except OSError as exc:
-            raise SpoolError(f"cannot remove the output of job {job_id} in {self.output}: {exc.strerror or exc}") from exc
-        return removed or bool(siblings)
-
-    def removed(self, kind: str) -> None:
-        """Called once per folder removed (``input`` or ``output``); the metered spool counts them."""
-
-    def output_job_ids(self) -> list[int]:
-        """Job ids that have an output folder."""
-        if not self.output.is_dir():
-            return []
-        return sorted(int(p.name) for p in self.output.iterdir() if p.name.isdigit() and p.is_dir())
-
     def remove_leftovers(self) -> int:
         """Delete folders a crash left hidden mid-removal (``.purge-*``); how many. Call at start,
         in the process that holds the receiver lock."""
-        count = 0
-        for parent in (self.incoming, self.output):
-            if not parent.is_dir():
-                continue
-            for path in parent.iterdir():
-                if path.name.startswith(PURGE_PREFIX):
-                    self._erase(path)
-                    count += 1
-        if count:
-            log.info("removed %d folder(s) left half-removed in the spool", count)
-        return count
+        return remove_leftovers((self.incoming, self.output))
 
-    def _hide(self, folder: Path) -> Path | None:
-        """Rename ``folder`` to a hidden name in its parent, durably; None when it does not exist."""
-        hidden = folder.with_name(f"{PURGE_PREFIX}{folder.name}-{secrets.token_hex(4)}")
-        try:
-            os.rename(folder, hidden)
-            fsync_dir(folder.parent)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise SpoolError(f"cannot remove {folder}: {exc.strerror or exc}; fix the spool's permissions") from exc
-        return hidden
-
-    def _unhide(self, hidden: Path, folder: Path) -> None:
-        """Put a hidden folder back (a removal that was not confirmed)."""
-        try:
-            os.rename(hidden, folder)
-            fsync_dir(folder.parent)
-        except OSError as exc:
-            raise SpoolError(f"cannot restore {folder} from {hidden}: {exc.strerror or exc}") from exc
-
-    def _erase(self, hidden: Path) -> None:
-        """Delete a hidden folder (what is already gone is fine)."""
-        def gone_is_fine(func: Callable[..., object], path: str, exc_info: object) -> None:
-            if not isinstance(exc_info, tuple) or not isinstance(exc_info[1], FileNotFoundError):
-                raise SpoolError(f"cannot delete {path} from the spool; fix its permissions")
-
-        if hidden.is_dir():
-            shutil.rmtree(hidden, onerror=gone_is_fine)
-        else:
-            hidden.unlink(missing_ok=True)
-
-    # -- the receiver lock ---------------------------------------------------------------------
     def lock_receiver(self) -> ReceiverLock:
         """Hold ``<spool>/receiver.lock`` (flock) while this process receives into the spool.
 
@@ -353,34 +303,23 @@ class Spool:
         """
         return ReceiverLock.acquire(self.root / "receiver.lock")
 
+    # -- what the C-STORE path asks ------------------------------------------------------------
     def instance_count(self, series_uid: str) -> int:
         """How many instances of a series are spooled (0 for a series not seen yet)."""
-        return len(self._series_members(series_uid))
+        return len(self._members.get(series_uid))
 
     def has_instance(self, header: InstanceHeader) -> bool:
         """Whether this SOP Instance is already spooled (a re-send, not a new instance)."""
-        return header.sop_instance_uid in self._series_members(header.series_uid)
+        return header.sop_instance_uid in self._members.get(header.series_uid)
 
     def forget(self, series_uid: str) -> None:
         """Drop what memory holds about a series (call after removing its folder)."""
-        with self._lock:
-            self._members.pop(series_uid, None)
+        self._members.forget(series_uid)
 
     def free_bytes(self) -> int:
-        """Free bytes on the spool's file system (0 when it cannot be read), read again at most
-        every ``FREE_SPACE_MAX_AGE_S`` or ``FREE_SPACE_MAX_WRITTEN`` bytes stored, minus what
-        was stored since."""
-        now = time.monotonic()
-        with self._lock:
-            if now - self._free_at < FREE_SPACE_MAX_AGE_S and self._written < FREE_SPACE_MAX_WRITTEN:
-                return max(self._free - self._written, 0)
-        try:
-            free = int(shutil.disk_usage(self.root).free)
-        except OSError:
-            free = 0
-        with self._lock:
-            self._free, self._free_at, self._written = free, now, 0
-        return free
+        """Free bytes on the spool's file system (0 when it cannot be read); cached, see
+        :class:`~ct2mri_node.receive.members.FreeSpace`."""
+        return self._free.bytes()
 
     def _make_series_folder(self, folder: str) -> None:
         """Create a series folder durably (its name in ``incoming/`` survives a crash)."""
@@ -388,21 +327,7 @@ class Spool:
             os.makedirs(folder, exist_ok=True)
             fsync_dir(self.incoming)
 
-    def _series_members(self, series_uid: str) -> set[str]:
-        """The SOP Instance UIDs spooled for a series (the live set; read from disk once)."""
-        with self._lock:
-            members = self._members.get(series_uid)
-            if members is not None:
-                self._members.move_to_end(series_uid)
-                return members
-        members = _scan(self.incoming / series_uid)
-        with self._lock:
-            members = self._members.setdefault(series_uid, members)
-            self._members.move_to_end(series_uid)
-            while len(self._members) > KNOWN_SERIES:
-                self._members.popitem(last=False)
-        return members
-
+    # -- listing -------------------------------------------------------------------------------
     def series_uids(self) -> list[str]:
         """Every series that has instances in the spool."""
         if not self.incoming.is_dir():
@@ -430,48 +355,6 @@ class Spool:
         if not folder.is_dir():
             raise SpoolError(f"series {series_uid} has no files in the spool {self.incoming}")
         return sorted(p for p in folder.glob("*.dcm") if not p.name.startswith("."))
-
-    def output_dir(self, job_id: int) -> Path:
-        """The folder holding job ``job_id``'s MR series."""
-        return self.output / str(int(job_id))
-
-
-class ReceiverLock:
-    """An exclusive ``flock`` on a file, held until :meth:`release` (or the process ends)."""
-
-    def __init__(self, path: Path, handle: IO[str]) -> None:
-        self.path = path
-        self._handle: IO[str] | None = handle
-
-    @classmethod
-    def acquire(cls, path: Path) -> ReceiverLock:
-        """Take the lock without waiting; ConfigError naming the spool when it is held."""
-        try:
-            handle = try_lock(path)
-        except OSError as exc:
-            raise SpoolError(f"cannot open {path}: {exc.strerror or exc}; fix the spool's permissions") from exc
-        if handle is None:
-            raise ConfigError(
-                f"another ct2mri-node is receiving into the spool {path.parent} (it holds {path}); "
-                "stop it first, or give this node its own spool_dir"
-            )
-        return cls(path, handle)
-
-    def release(self) -> None:
-        """Give the lock back (idempotent)."""
-        if self._handle is not None:
-            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
-            self._handle.close()
-            self._handle = None
-
-
-def _scan(folder: Path) -> set[str]:
-    """SOP Instance UIDs of the ``.dcm`` files in a series folder (empty when there is none)."""
-    try:
-        with os.scandir(folder) as entries:
-            return {e.name[:-4] for e in entries if e.name.endswith(".dcm") and not e.name.startswith(".")}
-    except (FileNotFoundError, NotADirectoryError):
-        return set()
 
 
 def _same_content(path: str, data: Data) -> bool:

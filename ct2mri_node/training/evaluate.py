@@ -23,8 +23,8 @@ import numpy as np
 
 from ..errors import DataError
 from ..fsutil import atomic_write
+from ..render.montage import write_case_montage
 from .metrics import NORMALISE_PERCENTILES, PSNR_CAP_DB, SSIM_BORDER, compare
-from .montage import write_case_montage
 from .pairs import PairedCase, list_cases, load_case, load_labels
 from .tissue_order import MIN_INTERIOR_VOXELS, body_correlation, tissue_order
 

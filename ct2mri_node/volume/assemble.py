@@ -67,6 +67,7 @@ class SliceSource:
     sop_instance_uid: str
     frame_number: int | None
     position: tuple[float, float, float]
+    pixel_digest: str   # sha256 of the slice's decoded pixels and rescale (frames.pixel_digest)
 
 
 @dataclass
@@ -154,13 +155,14 @@ def assemble(datasets: Sequence[Dataset], limits: VolumeLimits = VolumeLimits())
             "the CT has no FrameOfReferenceUID, so the synthetic MR could not share its frame "
             "of reference; the scanner's export is incomplete", "missing_geometry",
         )
-    hu = _pixels(frames)
+    cache = PixelCache()
+    hu = _pixels(frames, cache)
     methods = sorted({m for m in (lossy_method(ds) for ds in images) if m})
     volume = CTVolume(
         hu=hu,
         spacing=(slice_spacing, first.pixel_spacing[0], first.pixel_spacing[1]),
         orientation=orientation,
-        slices=[_source(f) for f in frames],
+        slices=[_source(f, cache.digest(f)) for f in frames],
         header=_header(first.ds),
         frame_of_reference_uid=frame_uid,
         lossy=bool(methods),
@@ -409,7 +411,7 @@ def _check_tilt(frames: Sequence[Frame], normal: np.ndarray, distances: np.ndarr
         )
 
 
-def _pixels(frames: Sequence[Frame]) -> np.ndarray:
+def _pixels(frames: Sequence[Frame], cache: PixelCache) -> np.ndarray:
     """Decode every frame straight into one preallocated volume (no stacking).
 
     int16 when that is exact (integer slope and intercept, every value within int16): half the
@@ -417,9 +419,8 @@ def _pixels(frames: Sequence[Frame]) -> np.ndarray:
     Otherwise float32 (see :class:`CTVolume`). Each slice's values are checked (a min and a max,
     ~0.1 ms a slice) rather than trusted from BitsStored: decoders do not all mask the bits
     above it, and a wrapped value would silently change the anatomy. The first slice that does
-    not fit turns the volume float32.
+    not fit turns the volume float32. ``cache`` keeps each frame's pixel digest.
     """
-    cache = PixelCache()
     if not all(integer_rescale(f) for f in frames):
         return _float_pixels(frames, cache)
     first = frames[0]
@@ -467,12 +468,13 @@ def _surely_finite(frame: Frame) -> bool:
     return bool(np.isfinite(limit)) and limit < 1e30
 
 
-def _source(frame: Frame) -> SliceSource:
+def _source(frame: Frame, digest: str) -> SliceSource:
     return SliceSource(
         sop_class_uid=str(frame.ds.SOPClassUID),
         sop_instance_uid=str(frame.ds.SOPInstanceUID),
         frame_number=frame.frame_number,
         position=(float(frame.position[0]), float(frame.position[1]), float(frame.position[2])),
+        pixel_digest=digest,
     )
 
 

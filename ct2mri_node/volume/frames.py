@@ -6,6 +6,7 @@ slice came from a CT Image Storage file or from a frame of an Enhanced CT object
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -240,6 +241,11 @@ class PixelCache:
 
     def __init__(self) -> None:
         self._arrays: dict[int, np.ndarray] = {}
+        self._digests: dict[tuple[int, int | None], str] = {}
+
+    def digest(self, frame: Frame) -> str:
+        """The :func:`pixel_digest` of a frame this cache has decoded (KeyError otherwise)."""
+        return self._digests[(id(frame.ds), frame.frame_number)]
 
     def hu_into(self, frame: Frame, out: np.ndarray) -> None:
         """Write the frame's pixels in HU (float32, rows x columns) into ``out``."""
@@ -273,6 +279,7 @@ class PixelCache:
                 f"instance {frame.ds.get('SOPInstanceUID', '?')} decodes to {stored.shape} pixels "
                 f"but declares {frame.rows}x{frame.columns}", "invalid_pixels",
             )
+        self._digests[(id(frame.ds), frame.frame_number)] = pixel_digest(stored, frame)
         return stored
 
     def _stored(self, frame: Frame) -> np.ndarray:
@@ -306,6 +313,22 @@ class PixelCache:
                 f"({name}): {exc}. Send the series uncompressed or in a lossless syntax the "
                 "node accepts (see docs/conformance-statement.md)", "undecodable_pixels",
             ) from exc
+
+
+def pixel_digest(stored: np.ndarray, frame: Frame) -> str:
+    """SHA-256 hex of one frame's HU as the translator gets them: its decoded stored values
+    (little-endian, with dtype and shape) and its rescale slope and intercept.
+
+    Decoded values rather than the PixelData bytes as stored: the same pixels re-sent in
+    another transfer syntax give the same digest, and a changed RescaleIntercept (same bytes,
+    other HU) does not. Computed where assembly decodes the frame anyway, so it costs one
+    hash pass (0.4 ms for a 512x512 slice measured), not another read.
+    """
+    values = np.ascontiguousarray(stored, dtype=stored.dtype.newbyteorder("<"))
+    digest = hashlib.sha256(
+        f"{values.dtype.str}|{values.shape}|{frame.slope!r}|{frame.intercept!r}|".encode("ascii"))
+    digest.update(memoryview(values).cast("B"))
+    return digest.hexdigest()
 
 
 def pixels_deferred(ds: Dataset) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from pydicom.dataset import Dataset
 from ct2mri_node.deliver.encode import EncodeOptions, encode_series
 from ct2mri_node.errors import ModelError
 from ct2mri_node.volume.assemble import assemble
-from dicom_checks import MODEL, WHEN, assert_valid_datasets, ct_volume, translation_result
+from dicom_checks import MODEL, WHEN, assert_valid_datasets, ct_volume, phantom_hu, translation_result
 
 CT_ONLY = ("KVP", "RescaleIntercept", "RescaleSlope", "RescaleType", "ConvolutionKernel",
            "ExposureTime", "XRayTubeCurrent", "Exposure", "CTDIvol")
@@ -69,15 +70,18 @@ def test_profile(tmp_path: Path, hu: np.ndarray) -> None:
         assert source.SpatialLocationsPreserved == "YES"
         assert _code(source.PurposeOfReferenceCodeSequence[0]) == (
             "121322", "DCM", "Source image for image processing operation")
+        # Common Instance Reference: the CT series with exactly this instance's own source
+        (referenced,) = ds.ReferencedSeriesSequence
+        assert referenced.SeriesInstanceUID == ct.series_instance_uid
+        (item,) = referenced.ReferencedInstanceSequence
+        assert item.ReferencedSOPInstanceUID == ct_instance_uids[k]
+        assert item.ReferencedSOPClassUID == source.ReferencedSOPClassUID
     first = back[0]
     assert first.StudyInstanceUID == ct.header.StudyInstanceUID
     assert int(first.SeriesNumber) == int(ct.header.SeriesNumber) + 1000
     (related,) = first.RelatedSeriesSequence
     assert related.SeriesInstanceUID == ct.series_instance_uid
     assert _code(related.PurposeOfReferenceCodeSequence[0])[0] == "121323"
-    (referenced,) = first.ReferencedSeriesSequence
-    assert referenced.SeriesInstanceUID == ct.series_instance_uid
-    assert sorted(i.ReferencedSOPInstanceUID for i in referenced.ReferencedInstanceSequence) == sorted(ct_instance_uids)
     ours, scanner = first.ContributingEquipmentSequence
     assert _code(ours.PurposeOfReferenceCodeSequence[0]) == ("109100", "DCM", "Synthesizing Equipment")
     assert MODEL.weight_hash in ours.ContributionDescription and "seed 0" in ours.ContributionDescription
@@ -163,3 +167,42 @@ def test_legacy_converted_multiframe_source(tmp_path: Path, hu: np.ndarray) -> N
     assert {uid for uid, _ in refs} == {"1.2.3.4.1"}
     assert sorted(n for _, n in refs) == list(range(1, hu.shape[0] + 1))
     assert len(out[0].ReferencedSeriesSequence[0].ReferencedInstanceSequence) == 1
+
+
+def test_each_instance_references_only_its_own_source(tmp_path: Path, hu: np.ndarray) -> None:
+    """ReferencedSeriesSequence > ReferencedInstanceSequence names exactly the instance's own
+    source slice (the one in its SourceImageSequence), never the rest of the series."""
+    ct = ct_volume(tmp_path, hu)
+    out = encode_series(ct, translation_result(hu.shape))
+    assert len(out) == len(ct.slices) == hu.shape[0]
+    for ds, source in zip(out, ct.slices, strict=True):
+        (series,) = ds.ReferencedSeriesSequence
+        assert series.SeriesInstanceUID == ct.series_instance_uid
+        (item,) = series.ReferencedInstanceSequence
+        (image,) = ds.SourceImageSequence
+        assert (item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID) == (
+            image.ReferencedSOPClassUID, image.ReferencedSOPInstanceUID) == (
+            source.sop_class_uid, source.sop_instance_uid)
+
+
+def test_encoded_bytes_per_instance_do_not_grow_with_the_series(tmp_path: Path) -> None:
+    """Instance 1 of a 200-slice series has exactly the bytes of instance 1 of the same CT's
+    first 20 slices (MR UIDs, which depend on every slice, set alike): encoding is linear."""
+    from ct2mri_node.deliver.encode import FileEncoder
+
+    hu = phantom_hu(200, 8, 8)
+    result = translation_result(hu.shape)
+    sizes = {}
+    for count in (20, 200):
+        ct = ct_volume(tmp_path / str(count), hu[:count])
+        short = dataclasses.replace(result, mr=result.mr[:count])
+        datasets = encode_series(ct, short, EncodeOptions(contribution_datetime=WHEN))
+        encoder = FileEncoder()
+        files = []
+        for ds in (datasets[0], datasets[-1]):
+            ds.SeriesInstanceUID = "1.2.3"
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+            files.append(encoder.encode(ds))
+        sizes[count] = files
+    assert sizes[20][0] == sizes[200][0]
+    assert abs(len(sizes[200][1]) - len(sizes[200][0])) < 64   # the last one is no larger either

@@ -165,3 +165,31 @@ def test_translate_refuses_bad_limits(tmp_path: Path, cli_logging: None,
     code = main(["translate", "--input", str(tmp_path), "--output", str(tmp_path / "o"),
                  "--max-slices", "4", "--min-slices", "8"])
     assert code == 2 and "--max-slices 4 is below --min-slices 8" in capsys.readouterr().err
+
+
+def _tilted(degrees: float) -> list[Dataset]:
+    """The phantom series with its positions drifting in y along z by ``degrees`` of gantry tilt."""
+    datasets = _series()
+    for k, ds in enumerate(datasets):
+        ds.ImagePositionPatient = [0, round(SPACING[0] * k * float(np.tan(np.radians(degrees))), 6),
+                                   SPACING[0] * k]
+    return datasets
+
+
+@pytest.mark.parametrize("factor", [0.9, 1.1])
+def test_gantry_tilt_threshold_is_checked_on_both_sides(factor: float, tmp_path: Path) -> None:
+    """10% under ``VolumeLimits.max_tilt_deg`` (0.1 degree) is accepted as an axial volume, 10%
+    over is refused as gantry tilt with its reason and the measured angle; written and read back
+    as files, so the positions are the ones a sender's DS values give."""
+    limit = VolumeLimits().max_tilt_deg
+    write_datasets(_tilted(limit * factor), tmp_path / "ct", shuffle_names=True)
+    datasets = read_series(sorted((tmp_path / "ct").iterdir()))
+    if factor < 1:
+        volume = assemble(datasets)
+        assert volume.hu.shape == (10, 16, 16)
+        assert volume.spacing[0] == pytest.approx(SPACING[0], abs=1e-6)
+        return
+    with pytest.raises(SeriesRejected) as info:
+        assemble(datasets)
+    assert info.value.reason == "gantry_tilt"
+    assert f"about {limit * factor:.2f} degrees off: gantry tilt" in str(info.value)

@@ -19,9 +19,15 @@ import numpy as np
 import pydicom
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from pynetdicom import AE, evt
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification  # type: ignore[attr-defined]
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    CTImageStorage,
+    MRImageStorage,
+    ParametricMapStorage,
+    SecondaryCaptureImageStorage,
+    Verification,
+)
 
 from ct2mri_node.config import NodeConfig, parse_config
 from ct2mri_node.jobs.store import Job
@@ -53,10 +59,12 @@ class CaptureSCP:
     """A pynetdicom storage SCP that keeps every received dataset (the test's archive)."""
 
     def __init__(self, ae_title: str = "ARCHIVE", status: int = 0x0000,
-                 syntaxes: tuple[str, ...] = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")) -> None:
+                 syntaxes: tuple[str, ...] = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2"),
+                 companions: bool = True) -> None:
         self.ae_title = ae_title
         self.status = status
         self.syntaxes = syntaxes                  # transfer syntaxes accepted for MR storage
+        self.companions = companions              # also accept Parametric Map and Secondary Capture
         self.datasets: list[pydicom.Dataset] = []
         self.received_syntaxes: list[str] = []    # the accepted context's syntax, per C-STORE
         self.lock = threading.Lock()
@@ -74,6 +82,9 @@ class CaptureSCP:
     def start(self) -> CaptureSCP:
         ae = AE(ae_title=self.ae_title)
         ae.add_supported_context(MRImageStorage, list(self.syntaxes))
+        if self.companions:
+            ae.add_supported_context(ParametricMapStorage, list(self.syntaxes))
+            ae.add_supported_context(SecondaryCaptureImageStorage, list(self.syntaxes))
         ae.add_supported_context(Verification)
         ae.require_called_aet = True
         self._server = ae.start_server(
@@ -195,12 +206,15 @@ class RecordingSink:
     def __init__(self) -> None:
         self.received: list[str] = []
         self.complete: list[str] = []
+        self.calling_aes: list[str | None] = []
 
     def series_received(self, series_uid: str, study_uid: str) -> None:
         self.received.append(series_uid)
 
-    def series_complete(self, series_uid: str, study_uid: str, last_instance_at: float) -> None:
+    def series_complete(self, series_uid: str, study_uid: str, last_instance_at: float,
+                        calling_ae: str | None = None) -> None:
         self.complete.append(series_uid)
+        self.calling_aes.append(calling_ae)
 
 
 def jobs_in(node: Node, *states: str) -> list[Job]:

@@ -10,16 +10,17 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from nodekit import CaptureSCP, free_port, make_ct_series, node_config
+from nodekit import CaptureSCP, free_port, make_ct_series, node_config, wait_for
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 from pynetdicom import AE, Association
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification  # type: ignore[attr-defined]
+from relkit import raw_sending, write_raw
 
 from ct2mri_node.config import CallingAE, DicomDestination, NodeConfig
 from ct2mri_node.deliver.send import _associate
 from ct2mri_node.receive.completion import CompletionWatcher
 from ct2mri_node.receive.scp import StoreSCP
-from ct2mri_node.receive.spool import Spool
+from ct2mri_node.receive.spool import Spool, header_from_dataset
 
 
 class Sink:
@@ -31,7 +32,8 @@ class Sink:
     def series_received(self, series_uid: str, study_uid: str) -> None:
         pass
 
-    def series_complete(self, series_uid: str, study_uid: str, last_instance_at: float) -> None:
+    def series_complete(self, series_uid: str, study_uid: str, last_instance_at: float,
+                        calling_ae: str | None = None) -> None:
         self.complete.append(series_uid)
 
 
@@ -137,6 +139,8 @@ def test_unknown_callers_and_wrong_called_ae_rejected(receiver: Receiver, caplog
         assert assoc.is_rejected, (calling, called)
     assert "rejected association from calling AE 'INTRUDER'" in caplog.text
     assert "rejected association from calling AE 'SCANNER' at 127.0.0.1" in caplog.text
+    # pynetdicom's own called AE check, logged from its rejection event
+    assert "rejected association from calling AE 'PACS' at 127.0.0.1: called AE title 'WRONG'" in caplog.text
 
 
 def test_refused_sop_class_is_logged(receiver: Receiver, caplog: pytest.LogCaptureFixture) -> None:
@@ -203,3 +207,66 @@ def test_both_ends_of_our_associations_send_without_nagle_delay(receiver: Receiv
         assert _nodelay(ours)
     finally:
         ours.release()
+
+
+def test_data_set_whose_sop_class_differs_from_its_context_gets_a900(
+    receiver: Receiver, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A CT context carrying an MR data set: 0xA900 (data set does not match SOP class), with an
+    Error Comment and a log line; nothing spooled; the good slice on the same association is stored."""
+    caplog.set_level(logging.WARNING, logger="ct2mri_node.receive.scp")
+    good, other = make_ct_series(tmp_path / "ct", slices=2, size=16)
+    ds = pydicom.dcmread(other)
+    ds.SOPClassUID = MRImageStorage
+    wrong = write_raw(tmp_path / "wrong.dcm", ds, CTImageStorage, str(ds.SOPInstanceUID))
+    assoc = _scu().associate("127.0.0.1", receiver.scp.port, ae_title="CT2MRI")
+    assert assoc.is_established
+    try:
+        with raw_sending():   # byte for byte, on the context of the file meta's SOP class (CT)
+            refused = assoc.send_c_store(wrong)
+        stored = assoc.send_c_store(good)
+    finally:
+        assoc.release()
+    assert refused.Status == 0xA900 and "SOP Class UID differs" in refused.ErrorComment
+    assert stored.Status == 0x0000
+    assert receiver.spool.has_instance(header_from_dataset(ds)) is False
+    (record,) = [r for r in caplog.records if "answered 0xA900" in r.getMessage()]
+    assert record.levelno == logging.WARNING and "PACS@127.0.0.1" in record.getMessage()
+
+
+def test_association_limit_is_pynetdicoms_and_its_rejections_are_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """node.max_associations = 1: pynetdicom itself rejects a second simultaneous association
+    (rejected-transient, presentation related, local limit exceeded); the node logs it with the
+    caller's AE title and address. After the first closes, a caller gets in again."""
+    caplog.set_level(logging.WARNING, logger="ct2mri_node.receive.scp")
+    config = node_config(tmp_path, node={"ae_title": "CT2MRI", "port": 0, "bind_address": "127.0.0.1",
+                                         "max_associations": 1})
+    with Receiver(config) as rec:
+        assert rec.scp._ae.maximum_associations == 1
+        first = _scu("FIRST").associate("127.0.0.1", rec.scp.port, ae_title="CT2MRI")
+        assert first.is_established
+        try:
+            second = _scu("SECOND").associate("127.0.0.1", rec.scp.port, ae_title="CT2MRI")
+            assert second.is_rejected
+            rsp = second.acceptor.primitive
+            assert (rsp.result, rsp.result_source, rsp.diagnostic) == (0x02, 0x03, 0x02)
+            assert first.send_c_echo().Status == 0x0000   # the open one is untouched
+        finally:
+            first.release()
+        records = wait_for(lambda: [r for r in caplog.records if "'SECOND'" in r.getMessage()], 10)
+        (record,) = records
+        assert record.name == "ct2mri_node.receive.scp" and record.levelno == logging.WARNING
+        assert "rejected association from calling AE 'SECOND' at 127.0.0.1" in record.getMessage()
+        assert "(node.max_associations=1)" in record.getMessage()
+        assert not [r for r in caplog.records if "'FIRST'" in r.getMessage()]
+
+        def third_gets_in() -> bool:    # the server counts an association until its thread ends
+            assoc = _scu("THIRD").associate("127.0.0.1", rec.scp.port, ae_title="CT2MRI")
+            if assoc.is_established:
+                assoc.release()
+                return True
+            return False
+
+        assert wait_for(third_gets_in, 10, 0.2)

@@ -1,13 +1,16 @@
-"""Destinations: C-STORE with every status checked, rejection vs. unreachable, folders."""
+"""Destinations: C-STORE with every status classified (a warning is stored), rejection vs.
+unreachable, folders."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pydicom
 import pytest
 from nodekit import CaptureSCP, free_port
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, MRImageStorage, generate_uid
+from pynetdicom import evt
 
 from ct2mri_node.config import DicomDestination, FolderDestination
 from ct2mri_node.deliver.send import echo, send_series
@@ -48,15 +51,70 @@ def test_send_and_echo(capture: CaptureSCP, tmp_path: Path) -> None:
     assert sorted(d.SOPInstanceUID for d in capture.datasets) == sorted(p.stem for p in files)
 
 
-@pytest.mark.parametrize(("status", "permanent"), [(0xB000, True), (0xA700, False), (0xC000, True)])
-def test_warning_and_failure_statuses_are_not_success(tmp_path: Path, status: int, permanent: bool) -> None:
+@pytest.mark.parametrize(("status", "kind", "permanent"), [
+    (0xA700, "failure", False),          # out of resources: try again later
+    (0xA7FF, "failure", False),
+    (0xC000, "failure", True),
+    (0xA900, "failure", True),           # data set does not match SOP class
+    (0xFE00, "cancel", False),
+    (0xFF00, "pending", True),           # not a C-STORE status: not known to be stored
+    (0xD123, "unknown status", True),
+])
+def test_failure_cancel_pending_and_unknown_statuses_are_not_stored(
+    tmp_path: Path, status: int, kind: str, permanent: bool
+) -> None:
     scp = CaptureSCP(status=status).start()
     try:
-        with pytest.raises(SendError, match=f"0x{status:04X}") as info:
+        with pytest.raises(SendError, match=f"answered {kind} 0x{status:04X}") as info:
             send_series(_dest(scp), _mr_files(tmp_path / "mr"), "CT2MRI")
         assert info.value.permanent is permanent
+        assert len(scp.datasets) == 1            # the send stopped at the first refusal
     finally:
         scp.stop()
+
+
+class WarningSCP(CaptureSCP):
+    """An archive that stores every instance and answers a Warning with a comment and a tag."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__()
+        self.warning = status
+
+    def _on_store(self, event: evt.Event) -> pydicom.Dataset:   # type: ignore[override]
+        super()._on_store(event)
+        answer = pydicom.Dataset()
+        answer.Status = self.warning
+        answer.ErrorComment = "coerced PatientName"
+        answer.OffendingElement = [0x00100010]
+        return answer
+
+
+@pytest.mark.parametrize("status", [0xB000, 0xB006, 0xB007, 0x0001])
+def test_warning_statuses_mean_stored_once_and_are_logged(
+    tmp_path: Path, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="ct2mri_node.deliver.send")
+    scp = WarningSCP(status).start()
+    try:
+        files = _mr_files(tmp_path / "mr")
+        report = send_series(_dest(scp), files, "CT2MRI")
+    finally:
+        scp.stop()
+    assert (report.instances, report.warnings) == (3, 3)
+    assert sorted(d.SOPInstanceUID for d in scp.datasets) == sorted(p.stem for p in files)   # each once
+    warned = [r.getMessage() for r in caplog.records if "with warning" in r.getMessage()]
+    assert len(warned) == 3 and all(r.levelno == logging.WARNING for r in caplog.records)
+    assert f"0x{status:04X}" in warned[0]
+    assert "'coerced PatientName'" in warned[0] and "(0010,0010)" in warned[0]
+    assert "3 instances at destination archive, 3 of them with a warning status" in caplog.text
+
+
+def test_a_clean_send_reports_no_warnings(capture: CaptureSCP, tmp_path: Path,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="ct2mri_node.deliver.send")
+    report = send_series(_dest(capture), _mr_files(tmp_path / "mr"), "CT2MRI")
+    assert (report.instances, report.warnings) == (3, 0)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_rejected_association_is_permanent_and_down_is_transient(capture: CaptureSCP, tmp_path: Path) -> None:

@@ -1,8 +1,10 @@
-"""Spool durability rules, completion timing and the SQLite job store (no network)."""
+"""Spool durability rules, completion timing and the job store, on SQLite and on a throw-away
+PostgreSQL server (the job store tests run on both)."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +15,26 @@ from ct2mri_node.errors import JobError, SpoolError
 from ct2mri_node.jobs.store import JobStore
 from ct2mri_node.receive.completion import CompletionWatcher
 from ct2mri_node.receive.spool import InstanceHeader, Spool, StoreOutcome, is_valid_uid, read_header
+
+
+@pytest.fixture(scope="module")
+def _postgres() -> Iterator[object]:
+    """A PostgreSQL server for this module's job store tests (tests/scale/scalekit.py starts it)."""
+    from scalekit import require_postgres, start_postgres
+
+    require_postgres()
+    server = start_postgres()
+    yield server
+    server.remove()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_at(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """Where a job store test keeps its jobs: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return tmp_path / "jobs.sqlite3"
+    return str(request.getfixturevalue("_postgres").database())
+
 
 HEADER = InstanceHeader("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5", "1.2.3.4", "1.2.3")
 
@@ -67,20 +89,82 @@ def test_counts_survive_a_restart_and_a_removed_folder(tmp_path: Path) -> None:
 
 
 def test_free_space_is_reread_after_enough_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ct2mri_node.receive import spool as spool_module
+    from ct2mri_node.receive import members as members_module
 
     spool = Spool(tmp_path / "spool")
     spool.create()
     first = spool.free_bytes()
     assert first > 0
-    monkeypatch.setattr(spool_module, "FREE_SPACE_MAX_WRITTEN", 10)
+    monkeypatch.setattr(members_module, "FREE_SPACE_MAX_WRITTEN", 10)
     spool.store(b"0123456789abc", HEADER)             # more than the threshold: read again
     assert abs(spool.free_bytes() - first) < 64 * 1024 * 1024
-    monkeypatch.setattr(spool_module, "FREE_SPACE_MAX_WRITTEN", 1 << 40)
-    monkeypatch.setattr(spool_module, "FREE_SPACE_MAX_AGE_S", 3600.0)
+    monkeypatch.setattr(members_module, "FREE_SPACE_MAX_WRITTEN", 1 << 40)
+    monkeypatch.setattr(members_module, "FREE_SPACE_MAX_AGE_S", 3600.0)
     cached = spool.free_bytes()
     spool.store(b"x" * 4096, InstanceHeader(HEADER.sop_class_uid, "1.2.3.4.6", "1.2.3.4", "1.2.3"))
     assert spool.free_bytes() == cached - 4096         # what was stored since is subtracted
+
+
+class _Recorder:
+    """A spool listener that keeps what it was told (the protocol ops/metrics.py implements)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[object, ...]] = []
+
+    def instance_stored(self, outcome: StoreOutcome, nbytes: int) -> None:
+        self.events.append(("stored", outcome, nbytes))
+
+    def store_failed(self, error: SpoolError) -> None:
+        self.events.append(("failed", type(error).__name__))
+
+    def folder_removed(self, kind: str) -> None:
+        self.events.append(("removed", kind))
+
+
+class _Broken:
+    def instance_stored(self, outcome: StoreOutcome, nbytes: int) -> None:
+        raise RuntimeError("an observer bug")
+
+
+def test_listeners_hear_stores_failures_and_removals(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.create()
+    recorder = _Recorder()
+    spool.listeners += [_Broken(), recorder]     # a failing listener neither fails the store nor hides it
+    assert spool.store(b"abc", HEADER) is StoreOutcome.STORED
+    assert spool.store(b"abc", HEADER) is StoreOutcome.DUPLICATE
+    assert spool.store(b"abcd", HEADER) is StoreOutcome.REPLACED
+    assert spool.remove_series(HEADER.series_uid)
+    other = InstanceHeader(HEADER.sop_class_uid, "1.2.3.9.1", "1.2.3.9", "1.2.3")
+    (spool.incoming / "1.2.3.9").write_bytes(b"a file where the series folder belongs")
+    with pytest.raises(SpoolError):
+        spool.store(b"abc", other)
+    assert recorder.events == [
+        ("stored", StoreOutcome.STORED, 3), ("stored", StoreOutcome.DUPLICATE, 0),
+        ("stored", StoreOutcome.REPLACED, 4), ("removed", "input"), ("failed", "SpoolError"),
+    ]
+
+
+def test_job_store_listeners_hear_completion_timings_and_deliveries(store_at: str | Path) -> None:
+    store = JobStore(store_at)
+    heard: list[tuple[object, ...]] = []
+
+    class Listener:
+        def series_completed(self) -> None:
+            heard.append(("completed",))
+
+        def timings_recorded(self, job_id: int, timings: dict[str, float]) -> None:
+            heard.append(("timings", job_id, dict(timings)))
+
+        def delivery_recorded(self, job_id: int, destination: str, state: str) -> None:
+            heard.append(("delivery", job_id, destination, state))
+
+    store.listeners.append(Listener())
+    store.series_complete("1.2.3.4", "1.2.3", 0.0)
+    job_id = store.list()[0].id
+    store.record_timing(job_id, "translation", 1.5)
+    store.record_delivery(job_id, "archive", "done")
+    assert heard == [("completed",), ("timings", job_id, {"translation": 1.5}), ("delivery", job_id, "archive", "done")]
 
 
 def test_read_header_of_a_real_file(tmp_path: Path) -> None:
@@ -94,7 +178,7 @@ def test_read_header_of_a_real_file(tmp_path: Path) -> None:
 def test_completion_waits_for_release_and_quiet_period() -> None:
     now = [0.0]
     sink = RecordingSink()
-    watcher = CompletionWatcher(sink, quiet_period_s=2.0, clock=lambda: now[0])
+    watcher = CompletionWatcher(sink, quiet_period_s=2.0, clock=lambda: now[0], open_association_quiet_s=60)
     watcher.instance_received("1.1", "1", association=1)
     watcher.instance_received("1.1", "1", association=2)   # second association, same series
     now[0] = 10.0
@@ -112,8 +196,8 @@ def test_completion_waits_for_release_and_quiet_period() -> None:
     assert sink.received == ["1.1"] and sink.complete == ["1.1"]
 
 
-def test_job_store_lifecycle(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "jobs.sqlite3")
+def test_job_store_lifecycle(store_at: str | Path) -> None:
+    store = JobStore(store_at)
     store.series_received("1.2", "1")
     store.series_received("1.2", "1")
     store.series_complete("1.2", "1", 123.0)
@@ -134,7 +218,7 @@ def test_job_store_lifecycle(tmp_path: Path) -> None:
     assert failed.deliveries[0].reason == "down"
     again = store.retry(job.id)
     assert again.state == "queued" and again.attempts == 0
-    with pytest.raises(JobError, match="only failed or done"):
+    with pytest.raises(JobError, match="only failed"):
         store.retry(job.id)
     with pytest.raises(JobError, match="no job 99"):
         store.get(99)
@@ -144,15 +228,15 @@ def test_job_store_lifecycle(tmp_path: Path) -> None:
     assert [j.state for j in store.list()] == ["translating", "received"]
 
 
-def test_claim_is_atomic_across_threads(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "jobs.sqlite3")
+def test_claim_is_atomic_across_threads(store_at: str | Path) -> None:
+    store = JobStore(store_at)
     for i in range(10):
         store.enqueue(f"1.{i}", "1")
     claimed: list[int] = []
     lock = threading.Lock()
 
     def take() -> None:
-        local = JobStore(tmp_path / "jobs.sqlite3")
+        local = JobStore(store_at)
         while (job := local.claim()) is not None:
             with lock:
                 claimed.append(job.id)
@@ -165,13 +249,13 @@ def test_claim_is_atomic_across_threads(tmp_path: Path) -> None:
     assert sorted(claimed) == list(range(1, 11))
 
 
-def test_recover_requeues_interrupted_jobs(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "jobs.sqlite3")
+def test_recover_requeues_interrupted_jobs(store_at: str | Path) -> None:
+    store = JobStore(store_at)
     store.enqueue("1.1", "1")
     job = store.claim()
     assert job is not None
     store.set_state(job.id, "sending")
-    reopened = JobStore(tmp_path / "jobs.sqlite3")
+    reopened = JobStore(store_at)
     assert reopened.recover() == 1
     assert reopened.get(job.id).state == "queued"
     assert reopened.series_with_jobs() == {"1.1"}

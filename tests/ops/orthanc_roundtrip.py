@@ -41,13 +41,16 @@ def rest(method: str, path: str, body: bytes | str | None = None) -> Any:
     return json.loads(raw) if raw else None
 
 
-def start_orthanc(work: Path) -> subprocess.Popen[bytes]:
+def start_orthanc(work: Path, **extra: Any) -> subprocess.Popen[bytes]:
+    """Orthanc with authentication on and remote access off; ``extra`` adds or replaces config keys
+    (e.g. ``Plugins`` and ``DicomWeb`` for the DICOMweb test, orthanc_dicomweb.py)."""
     config = {
         "Name": "ct2mri-roundtrip", "StorageDirectory": str(work / "orthanc-db"),
         "IndexDirectory": str(work / "orthanc-db"), "HttpPort": HTTP, "DicomPort": DICOM,
         "DicomAet": "ORTHANC", "RemoteAccessAllowed": False, "AuthenticationEnabled": True,
         "RegisteredUsers": {USER: PASSWORD}, "Plugins": [],
         "DicomModalities": {"ct2mri": ["CT2MRI", "127.0.0.1", NODE]},
+        **extra,
     }
     (work / "orthanc.json").write_text(json.dumps(config))
     log = (work / "orthanc.log").open("wb")
@@ -70,8 +73,10 @@ def start_node(work: Path, checkpoint: str) -> Node:
         "destinations": [{"name": "pacs", "type": "dicom", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": DICOM}],
         "spool_dir": "spool", "series": {"quiet_period_s": 0.3, "min_slices": 8},
         "worker": {"max_attempts": 2, "backoff_initial_s": 0.2, "poll_interval_s": 0.1},
+        "model": {"checkpoint": checkpoint, "device": "cpu", "steps": 2, "samples": 3},
+        "outputs": {"uncertainty_map": True, "qa_capture": True},   # Parametric Map and Secondary Capture
     }, work, "roundtrip")
-    node = Node(config, translator=Translator(checkpoint, TranslationSettings(steps=2, device="cpu")))
+    node = Node(config, translator=Translator(checkpoint, TranslationSettings(steps=2, samples=3, device="cpu")))
     node.start()
     return node
 

@@ -7,10 +7,11 @@ import re
 import shlex
 from pathlib import Path
 
+import pytest
 import yaml
 
 from ct2mri_node.cli import build_parser
-from ct2mri_node.config import load_config
+from ct2mri_node.config import load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -86,3 +87,122 @@ def test_systemd_unit_runs_serve_as_a_service_user() -> None:
 def test_install_script_still_installs_the_pacs_for_ci() -> None:
     text = (DEPLOY / "install.sh").read_text()
     assert "orthanc" in text and "dcmtk" in text
+
+
+def _unit(path: Path) -> dict[str, dict[str, list[str]]]:
+    """A systemd unit as section -> key -> every value given (``Environment=`` repeats)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+        else:
+            key, _, value = line.partition("=")
+            current.setdefault(key.strip(), []).append(value.strip())
+    return sections
+
+
+def _environment(service: dict[str, object]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    assert isinstance(env, dict)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def _gpu_reservation(service: dict[str, object]) -> dict[str, object]:
+    devices = service["deploy"]["resources"]["reservations"]["devices"]  # type: ignore[index]
+    gpus = [d for d in devices if d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", [])]
+    assert len(gpus) == 1, devices
+    return gpus[0]
+
+
+def test_compose_runs_one_worker_service_per_gpu_each_holding_its_gpu_lock(tmp_path: Path) -> None:
+    """The scale-out example does what ``ct2mri-node worker`` expects: one process per GPU, each
+    with its own ``--device cuda:N``, the GPU visible to it, and the per-GPU locks in one folder
+    that every worker container shares (so a second worker on a GPU is refused)."""
+    from ct2mri_node.commands.worker import lock_device
+    from ct2mri_node.errors import ConfigError
+
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = compose["services"]
+    workers = {name: svc for name, svc in services.items() if svc.get("command", [None])[0] == "worker"}
+    assert len(workers) >= 2, sorted(services)
+    devices: dict[str, str] = {}
+    lock_volumes = set()
+    for name, svc in workers.items():
+        assert "scale-out" in svc["profiles"]
+        args = build_parser().parse_args(svc["command"])
+        assert args.command == "worker" and re.fullmatch(r"cuda:\d+", args.device or ""), (name, svc["command"])
+        devices[name] = args.device
+        assert svc.get("deploy", {}).get("replicas", 1) == 1, f"{name}: replicas would share {args.device}"
+        gpu = _gpu_reservation(svc)
+        index = args.device.split(":")[1]
+        # Docker numbers the GPUs a container sees from 0: cuda:N inside is the host's GPU N only
+        # when the container sees GPUs 0..k-1 (count: all, or device_ids 0..k-1 with N < k)
+        ids = gpu.get("device_ids") or []
+        assert gpu.get("count") == "all" or (ids == [str(i) for i in range(len(ids))] and int(index) < len(ids)), gpu
+        env = _environment(svc)
+        assert env.get("CUDA_DEVICE_ORDER") == "PCI_BUS_ID", name
+        mounts = {target: source for source, target, *_ in (v.split(":") for v in svc["volumes"])}
+        lock_dir = env.get("XDG_RUNTIME_DIR")
+        assert lock_dir in mounts and mounts[lock_dir] in compose["volumes"], f"{name}: locks not on a shared volume"
+        lock_volumes.add(mounts[lock_dir])
+        assert "spool" in mounts.values()
+    assert len(lock_volumes) == 1, lock_volumes
+    assert len(set(devices.values())) == len(devices), f"two worker services on one GPU: {devices}"
+    # the code's own lock: every service's GPU can be locked at once; a second worker on one is refused
+    held = [lock_device(device, tmp_path) for device in devices.values()]
+    assert all(handle is not None for handle in held)
+    with pytest.raises(ConfigError, match="already used"):
+        lock_device(next(iter(devices.values())), tmp_path)
+    for handle in held:
+        assert handle is not None
+        handle.close()
+
+
+def test_compose_scale_out_config_is_valid_and_matches_the_services() -> None:
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = compose["services"]
+    content = yaml.safe_load(compose["configs"]["scale-node"]["content"])
+    config = parse_config(content, Path("/etc/ct2mri-node"), "compose.yaml configs.scale-node")
+    assert config.queue.backend == "celery" and config.queue.broker_url is not None
+    assert config.queue.broker_url.split("//")[1].split(":")[0] in services   # the redis service
+    assert config.spool_dir.is_relative_to("/var/lib/ct2mri-node")
+    # the image's HEALTHCHECK asks 127.0.0.1:9110/healthz in every container, receivers and workers alike
+    healthcheck = [args for word, args in _instructions(DEPLOY / "Dockerfile") if word == "HEALTHCHECK"]
+    assert healthcheck and f":{config.ops.http_port}/healthz" in healthcheck[0]
+    for dest in config.destinations:
+        assert getattr(dest, "host", "orthanc") in services
+    receiver = build_parser().parse_args(services["ct2mri-receiver"]["command"])
+    assert receiver.command == "serve" and receiver.role == "receiver"
+
+
+def test_compose_comment_commands_name_services_that_exist() -> None:
+    text = (DEPLOY / "compose.yaml").read_text()
+    services = yaml.safe_load(text)["services"]
+    comments = re.sub(r"\\\n#\s*", " ", "\n".join(line for line in text.splitlines() if line.startswith("#")))
+    commands = [shlex.split(line.lstrip("# ")) for line in comments.splitlines() if "docker compose" in line]
+    assert len(commands) >= 2
+    for argv in commands:
+        named = [w for w in argv[argv.index("up") + 1:] if not w.startswith("-")]
+        assert all(name in services for name in named), argv
+
+
+def test_systemd_worker_template_runs_one_worker_per_gpu() -> None:
+    unit = _unit(DEPLOY / "ct2mri-node-worker@.service")
+    assert {"Unit", "Service", "Install"} <= set(unit)
+    service = {key: values[-1] for key, values in unit["Service"].items()}
+    assert service["User"] not in ("root", "0")
+    argv = shlex.split(service["ExecStart"].replace("%i", "1"))
+    assert Path(argv[0]).name == "ct2mri-node"
+    args = build_parser().parse_args(argv[1:])
+    assert args.command == "worker" and args.device == "cuda:1" and args.log_json
+    env = dict(value.split("=", 1) for value in unit["Service"]["Environment"])
+    # one lock folder for every instance on the machine, kept while instances restart
+    assert env["XDG_RUNTIME_DIR"] == f"/run/{service['RuntimeDirectory']}"
+    assert service["RuntimeDirectoryPreserve"] == "yes"
+    assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"

@@ -16,6 +16,7 @@ from relkit import Serve
 
 from ct2mri_node.config import RetentionSettings
 from ct2mri_node.errors import ConfigError, JobError
+from ct2mri_node.jobs.outputs import output_dir
 from ct2mri_node.jobs.store import JobStore, PurgeCandidate
 from ct2mri_node.model.translator import Translator
 from ct2mri_node.node import Node
@@ -71,7 +72,7 @@ def finished_job(store: JobStore, spool: Spool, series: str, state: str = "done"
         store.complete(job_id)
     else:
         store.fail(job_id, "missing_slices: slice 4 of 12 is missing")
-    out = spool.output_dir(job_id)
+    out = output_dir(spool, job_id)
     out.mkdir(parents=True)
     (out / "MR00001_1.2.dcm").write_bytes(b"mr")
     (spool.output / f"{job_id}.preview.png").write_bytes(b"png")
@@ -100,8 +101,8 @@ def test_sweep_removes_due_folders_marks_purged_and_leaves_the_rest(spool: Spool
     report = sweep(store, spool, settings, now=later, recent_store_s=0)
     assert [r.series_uid for r in report.removed] == ["2.1"]
     assert spool.series_uids() == ["2.2", "2.3"]
-    assert not spool.output_dir(done).exists() and not (spool.output / f"{done}.preview.png").exists()
-    assert spool.output_dir(failed).is_dir()
+    assert not output_dir(spool, done).exists() and not (spool.output / f"{done}.preview.png").exists()
+    assert output_dir(spool, failed).is_dir()
     assert store.get(done).purged_at is not None and store.get(failed).purged_at is None
     assert store.get(done).as_dict()["purged_at"] == store.get(done).purged_at
     assert store.get(done).state == "done"          # the record stays
@@ -212,12 +213,12 @@ def test_node_resend_after_purge_is_a_new_job_with_metrics(
     report = sweep(node.store, node.spool, config.retention, node.watcher.pending, now=time.time() + 200 * HOUR,
                    recent_store_s=0)
     assert [r.series_uid for r in report.removed] == [first.series_uid]
-    assert node.spool.series_uids() == [] and not node.spool.output_dir(first.id).exists()
+    assert node.spool.series_uids() == [] and not output_dir(node.spool, first.id).exists()
 
     send(node.port, ct)                                # the same series again: STORED, a new job
     jobs = wait_for(lambda: [j for j in node.store.list() if j.state == "done"][1:] and node.store.list())
     assert [j.id for j in jobs] == [first.id, first.id + 1] and jobs[0].purged_at is not None
-    assert node.spool.output_dir(first.id + 1).is_dir()
+    assert output_dir(node.spool, first.id + 1).is_dir()
     metrics = samples(http_get(node.health.port, "/metrics")[1].decode())
     assert metrics[("ct2mri_instances_received_total", (("outcome", "stored"),))] == 2 * len(ct)
     assert metrics[("ct2mri_spool_purged_total", (("kind", "input"),))] == 1

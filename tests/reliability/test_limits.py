@@ -82,7 +82,8 @@ def test_simultaneous_associations_limit(start_node: Callable[[NodeConfig], Node
     third = ae.associate("127.0.0.1", node.port, ae_title="CT2MRI")
     assert third.is_rejected
     assert third.acceptor.primitive.result == 0x02 and third.acceptor.primitive.diagnostic == 0x02
-    assert "(node.max_associations=2)" in caplog.text
+    assert "(node.max_associations=2)" in caplog.text      # logged from pynetdicom's rejection event
+    assert "rejected association from calling AE 'PACS' at 127.0.0.1" in caplog.text
     for assoc in open_:
         assoc.release()
     # Room again once they close: the server drops its count when its association threads end,

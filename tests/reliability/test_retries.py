@@ -1,8 +1,10 @@
 """Retries that help and stop: jittered capped backoff; a dead archive does not hold up the
-others; a rejecting archive is contacted once; ``retry`` makes failed destinations pending."""
+others; a rejecting archive is contacted once; ``retry`` makes failed destinations pending; an
+archive answering a warning status stored the instance and is not sent it again."""
 
 from __future__ import annotations
 
+import logging
 import random
 import shutil
 from collections.abc import Callable
@@ -12,6 +14,7 @@ import pytest
 from nodekit import CaptureSCP, make_ct_series, node_config, store, wait_for
 
 from ct2mri_node.config import NodeConfig
+from ct2mri_node.jobs.outputs import output_dir
 from ct2mri_node.jobs.worker import backoff_s
 from ct2mri_node.node import Node
 
@@ -65,7 +68,7 @@ def test_a_translated_job_whose_mr_series_is_gone_is_translated_again(
     assert store(node.port, make_ct_series(tmp_path / "ct", seed=12, slices=8, size=16)) == [0] * 8
     assert node.store is not None
     job = wait_for(lambda: [j for j in node.store.list() if j.state == "done"], 60)[0]
-    output = node.spool.output_dir(job.id)
+    output = output_dir(node.spool, job.id)
     names = sorted(p.name for p in output.iterdir())
     shutil.rmtree(output)                     # lost (a crash before the folder was synced, a hand)
     node.store.retry(job.id)
@@ -76,3 +79,27 @@ def test_a_translated_job_whose_mr_series_is_gone_is_translated_again(
     assert sorted(p.name for p in output.iterdir()) == names   # the same MR series, made again
     assert "MR series is missing from the spool; translating again" in caplog.text
     assert len(capture.datasets) == 8                           # the archive already had it: not re-sent
+
+
+def test_an_archive_answering_warnings_gets_each_instance_once_and_the_job_is_done(
+    start_node: Callable[[NodeConfig], Node], tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Warning 0xB000 (coercion) means stored: the delivery is done after one attempt, every MR
+    instance reached the archive exactly once, and each warning is in the log."""
+    caplog.set_level(logging.WARNING, logger="ct2mri_node.deliver.send")
+    warning = CaptureSCP(ae_title="COERCING", status=0xB000).start()
+    try:
+        node = start_node(node_config(tmp_path, destinations=[warning.destination("coercing")]))
+        assert store(node.port, make_ct_series(tmp_path / "ct", seed=21, slices=8, size=16)) == [0] * 8
+        assert node.store is not None
+        job = wait_for(lambda: [j for j in node.store.list() if j.state in ("done", "failed")], 60)[0]
+        assert job.state == "done", job.reason
+        (delivery,) = node.store.get(job.id).deliveries
+        assert (delivery.destination, delivery.state, delivery.attempts) == ("coercing", "done", 1)
+        uids = [str(d.SOPInstanceUID) for d in warning.datasets]
+        assert len(uids) == len(set(uids)) == 8                 # each MR instance once, none re-sent
+    finally:
+        warning.stop()
+    warned = [r for r in caplog.records if "with warning 0xB000 (Coercion of Data Elements)" in r.getMessage()]
+    assert len(warned) == 8 and all(r.levelno == logging.WARNING for r in warned)
+    assert "stored 8 instances at destination coercing, 8 of them with a warning status" in caplog.text

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from scalekit import Redis, redis_available
+from scalekit import Postgres, Redis, redis_available, require_postgres, start_postgres
 
 
 @pytest.fixture
@@ -17,3 +17,14 @@ def redis_server(tmp_path: Path) -> Iterator[Redis]:
     server = Redis(tmp_path / "redis").start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Postgres]:
+    """One throw-away PostgreSQL server for the session (``initdb`` in a temporary folder, a free
+    loopback port); tests take a fresh database each with ``postgres_server.database()``. Missing
+    binaries fail under CI and skip elsewhere (``require_peer``)."""
+    require_postgres()
+    server = start_postgres()
+    yield server
+    server.remove()

@@ -1,15 +1,22 @@
-"""Helpers for the scale-out tests and benchmark: a real redis-server, receiver and worker
-subprocesses, and the YAML config they share (node and reliability helpers are reused)."""
+"""Helpers for the scale-out tests and benchmarks: a real redis-server, a throw-away PostgreSQL
+server (the job store of ``job_store.url``), receiver and worker subprocesses, and the YAML config
+they share (node and reliability helpers are reused)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shlex
 import shutil
 import subprocess
+import tempfile
+import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from nodekit import free_port, wait_for
-from relkit import Proc, write_config
+from nodekit import CaptureSCP, free_port, wait_for
+from relkit import Proc, job_states, send_until_acked, write_config
 
 
 def redis_available() -> bool:
@@ -83,3 +90,126 @@ def scale_config(tmp_path: Path, port: int, checkpoint: Path, broker_url: str, *
              "republish_after_s": 3.0, "sweep_interval_s": 0.3}
     queue.update(overrides.pop("queue", {}))
     return write_config(tmp_path, port, checkpoint, queue=queue, **overrides)
+
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def postgres_available() -> bool:
+    """Whether the Debian ``postgresql`` server binaries are installed (deploy/install.sh does)."""
+    return (PG_BIN / "initdb").exists() and (PG_BIN / "pg_ctl").exists()
+
+
+def require_postgres() -> None:
+    """Fail under CI (``CI`` set: every peer is installed there), skip elsewhere, when the
+    PostgreSQL server binaries are missing (tests/conftest.py's ``require_peer`` rule, usable from
+    session fixtures)."""
+    import pytest
+
+    if postgres_available():
+        return
+    reason = "PostgreSQL 15 is not installed; run deploy/install.sh (Debian package postgresql)"
+    if os.environ.get("CI"):
+        pytest.fail(f"real peer unavailable under CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+class Postgres:
+    """A throw-away PostgreSQL server: ``initdb`` in ``folder``, a free loopback port, trust auth.
+
+    As root the server runs as the ``postgres`` user (it refuses root), so the folder is given
+    to that user. ``stop()``/``start()`` restart it (a fast shutdown, as an admin's restart)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.data = folder / "data"
+        self.port = free_port()
+        folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/ct2mri"
+
+    def _run(self, *args: str) -> None:
+        command = [str(PG_BIN / args[0]), *args[1:]]
+        if os.geteuid() == 0:
+            command = ["su", "postgres", "-s", "/bin/sh", "-c", " ".join(shlex.quote(a) for a in command)]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
+
+    def init(self) -> Postgres:
+        if os.geteuid() == 0:
+            shutil.chown(self.folder, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.data), "--auth=trust", "-U", "postgres", "-E", "UTF8")
+        self.start()
+        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "ct2mri")
+        return self
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=on"
+        self._run("pg_ctl", "-D", str(self.data), "-w", "-l", str(self.folder / "log"), "-o", options, "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-w", "-m", mode, "stop")
+
+    def restart(self) -> None:
+        self.stop("fast")
+        self.start()
+
+    def ensure_running(self) -> None:
+        """Start it again if a test left it stopped (``pg_ctl status`` exits 3 then)."""
+        try:
+            self._run("pg_ctl", "-D", str(self.data), "status")
+        except subprocess.CalledProcessError:
+            self.start()
+
+    def database(self) -> str:
+        """A new, empty database on this server; its URL (one per test keeps tests apart)."""
+        import psycopg
+
+        self._databases = getattr(self, "_databases", 0) + 1
+        name = f"t{self._databases}"
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return self.url.rsplit("/", 1)[0] + "/" + name
+
+    def remove(self) -> None:
+        """Stop the server (immediately) and delete its folder."""
+        with contextlib.suppress(subprocess.SubprocessError):
+            self.stop("immediate")
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def start_postgres() -> Postgres:
+    """A fresh server in a new folder under the system temporary folder (pytest's own folders are
+    private to root, and the server runs as ``postgres``)."""
+    return Postgres(Path(tempfile.mkdtemp(prefix="ct2mri-pg-"))).init()
+
+
+def send_all(port: int, series: list[list[Path]]) -> None:
+    """Send every series at once, one association each (like several scanners)."""
+    threads = [threading.Thread(target=send_until_acked, args=(port, ct), daemon=True) for ct in series]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+        assert not t.is_alive()
+
+
+def all_done(config: Path, jobs: int) -> bool:
+    """Whether ``status`` shows exactly ``jobs`` jobs, all done."""
+    states = job_states(config)
+    return len(states) == jobs and all(s == "done" for s in states)
+
+
+def assert_exactly_once(capture: CaptureSCP, series: int, slices: int) -> None:
+    """The archive holds ``series`` MR series of ``slices`` instances, each instance exactly once."""
+    counts = Counter(str(d.SOPInstanceUID) for d in capture.datasets)
+    assert len({str(d.SeriesInstanceUID) for d in capture.datasets}) == series
+    assert len(counts) == series * slices
+    assert set(counts.values()) == {1}, "an MR instance was delivered more than once"
+
+
+def stop_all(procs: list[Proc]) -> None:
+    """Stop every process started by the test."""
+    for proc in procs:
+        proc.stop()

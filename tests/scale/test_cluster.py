@@ -7,44 +7,23 @@ SIGKILLed in the middle of a translation, and a broker restarted without persist
 
 from __future__ import annotations
 
-import threading
-from collections import Counter
 from pathlib import Path
 
 import pytest
 from nodekit import CaptureSCP, free_port, make_ct_series, wait_for
-from relkit import job_states, send_until_acked
-from scalekit import Proc, Redis, receiver, scale_config, worker
+from relkit import send_until_acked
+from scalekit import Redis, all_done, assert_exactly_once, receiver, scale_config, send_all, stop_all, worker
 
 from ct2mri_node.commands.status import open_store
 from ct2mri_node.jobs.queue import JobDispatch
 
 
-def _send_all(port: int, series: list[list[Path]]) -> None:
-    """Send every series at once, one association each (like several scanners)."""
-    threads = [threading.Thread(target=send_until_acked, args=(port, ct), daemon=True) for ct in series]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-        assert not t.is_alive()
 
 
-def _all_done(config: Path, jobs: int) -> bool:
-    states = job_states(config)
-    return len(states) == jobs and all(s == "done" for s in states)
 
 
-def _assert_exactly_once(capture: CaptureSCP, series: int, slices: int) -> None:
-    counts = Counter(str(d.SOPInstanceUID) for d in capture.datasets)
-    assert len({str(d.SeriesInstanceUID) for d in capture.datasets}) == series
-    assert len(counts) == series * slices
-    assert set(counts.values()) == {1}, "an MR instance was delivered more than once"
 
 
-def _stop_all(procs: list[Proc]) -> None:
-    for proc in procs:
-        proc.stop()
 
 
 @pytest.mark.slow
@@ -59,11 +38,11 @@ def test_four_series_at_once_two_workers_each_delivered_once(
     try:
         for proc in procs:
             proc.wait_ready()
-        _send_all(port, series)
-        wait_for(lambda: _all_done(config, 4), 120, 0.2)
+        send_all(port, series)
+        wait_for(lambda: all_done(config, 4), 120, 0.2)
     finally:
-        _stop_all(procs)
-    _assert_exactly_once(capture, 4, 12)
+        stop_all(procs)
+    assert_exactly_once(capture, 4, 12)
     jobs = open_store(config).list()
     assert all(j.attempts == 1 for j in jobs)
     # workers of a cluster record last CT -> MR confirmed too (provenance last_ct_to_confirmed_s)
@@ -92,10 +71,10 @@ def test_worker_killed_mid_translation_leaves_the_job_to_the_other(
         survivor = worker(config, tmp_path / "survivor.log")
         procs.append(survivor)
         survivor.wait_ready()
-        wait_for(lambda: _all_done(config, 1), 120, 0.2)
+        wait_for(lambda: all_done(config, 1), 120, 0.2)
     finally:
-        _stop_all(procs)
-    _assert_exactly_once(capture, 1, 12)
+        stop_all(procs)
+    assert_exactly_once(capture, 1, 12)
     job = open_store(config).list()[0]
     assert job.attempts == 2
     assert "taking it over" in (tmp_path / "survivor.log").read_text()
@@ -113,7 +92,7 @@ def test_broker_restarted_without_persistence_loses_nothing(
     procs = [rcv]
     try:
         rcv.wait_ready()
-        _send_all(port, series)   # published while no worker consumes: they wait in the broker
+        send_all(port, series)   # published while no worker consumes: they wait in the broker
         store = open_store(config)
         wait_for(lambda: sum(broker.queue_length(q) for q in ("routine", "urgent")) == 3, 30, 0.1)
         broker.restart()
@@ -122,10 +101,10 @@ def test_broker_restarted_without_persistence_loses_nothing(
         procs[-1].wait_ready()
         wait_for(lambda: any(j.state != "queued" for j in store.list()), 60, 0.05)
         broker.restart()              # again, now with a worker connected and a job running
-        wait_for(lambda: _all_done(config, 3), 120, 0.2)
+        wait_for(lambda: all_done(config, 3), 120, 0.2)
     finally:
-        _stop_all(procs)
+        stop_all(procs)
         broker.stop()
-    _assert_exactly_once(capture, 3, 12)
+    assert_exactly_once(capture, 3, 12)
     assert {j.state for j in store.list()} == {"done"}
     assert all(JobDispatch(store).lease(j.id)[0] is None for j in store.list())   # leases released

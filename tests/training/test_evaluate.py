@@ -13,9 +13,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from ct2mri_node.model import testing  # the tiny checkpoint
 from ct2mri_node.training.phantoms import write_phantoms
-
-testing = pytest.importorskip("ct2mri_node.model.testing", reason="the model package provides the tiny checkpoint")
 
 CASE_KEYS = {"name", "mae", "psnr", "ssim", "network_evaluations", "seconds", "montage", "correlation",
              "tissue_order"}
@@ -111,7 +110,7 @@ def test_evaluate_command(setup: tuple[Path, Path]) -> None:
     out = root / "cli.json"
     cli = subprocess.run(
         [sys.executable, "-m", "ct2mri_node", "evaluate", "--data", str(root / "data"), "--checkpoint",
-         str(checkpoint), "--steps", "1", "--seed", "3", "--samples", "2", "--device", "cpu", "--limit", "1",
+         str(checkpoint), "--steps", "2", "--seed", "3", "--samples", "2", "--device", "cpu", "--limit", "1",
          "--json", str(out)],
         capture_output=True, text=True, timeout=300,
     )

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from ct2mri_node.errors import DataError
-from ct2mri_node.training.montage import Row, auto_window, render, write_case_montage
+from ct2mri_node.render.montage import Row, auto_window, render, write_case_montage
 
 
 def _volumes() -> tuple[np.ndarray, np.ndarray, np.ndarray]:

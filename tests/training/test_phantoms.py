@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
 from ct2mri_node.errors import DataError
@@ -129,8 +130,6 @@ def test_cli_rejects_bad_options(tmp_path: Path) -> None:
 
 
 def test_phantoms_dicom_option_writes_a_ct_series(tmp_path: Path) -> None:
-    pydicom = pytest.importorskip("pydicom")
-    pytest.importorskip("ct2mri_node.training.ct_dicom")
     cli = subprocess.run(
         [sys.executable, "-m", "ct2mri_node", "phantoms", "--out", str(tmp_path), "--cases", "1",
          "--kinds", "pelvis", "--shape", "12,32,32", "--spacing", "6,5,5", "--dicom"],

@@ -2,7 +2,8 @@
 
 Columns are the axial, coronal and sagittal planes through the volume's centre, each scaled to
 square millimetres and letter-boxed into a square cell, so that the image size depends only on
-the number of rows and the cell size. Pillow only (no matplotlib).
+the number of rows and the cell size. Pillow only (no matplotlib, no torch): the node's QA
+preview (``ops/preview.py``) and the training reports (``training/evaluate.py``) both use it.
 """
 
 from __future__ import annotations
