@@ -39,6 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--sampler", choices=["auto", "refine", "ddim", "ddpm"], default="auto",
                         help="sampler (default auto: the model's own, refine for the bundled model)")
+    parser.add_argument("--uncertainty-map", action="store_true",
+                        help="also write the per-voxel SD across the samples as a Parametric Map (needs --samples >= 2)")
+    parser.add_argument("--qa-capture", action="store_true",
+                        help="also write the QA montage (CT, MR and, with samples, the SD) as a Secondary Capture")
     parser.add_argument("--min-slices", type=int, default=8, help="fewest CT slices accepted (default 8)")
     parser.add_argument("--max-slices", type=int, default=2000, help="most CT slices accepted (default 2000)")
     parser.add_argument("--max-matrix", type=int, default=1024,
@@ -78,6 +82,7 @@ def input_files(folder: Path) -> list[Path]:
 
 
 def _options(args: argparse.Namespace) -> Any:
+    from ..deliver.companions import CompanionOptions
     from ..deliver.encode import EncodeOptions
     from ..jobs.pipeline import PipelineOptions
     from ..volume.assemble import VolumeLimits
@@ -86,13 +91,17 @@ def _options(args: argparse.Namespace) -> Any:
         raise ConfigError("--steps, --samples, --min-slices, --max-slices and --max-matrix must be at least 1")
     if args.max_slices < args.min_slices:
         raise ConfigError(f"--max-slices {args.max_slices} is below --min-slices {args.min_slices}")
+    if args.uncertainty_map and args.samples < 2:
+        raise ConfigError(f"--uncertainty-map needs --samples >= 2 (--samples is {args.samples}): "
+                          "the map is the spread across samples")
     try:
         encode = EncodeOptions(series_number_offset=args.series_number_offset)
     except ValueError as exc:
         raise ConfigError(f"--series-number-offset: {exc}") from exc
     limits = VolumeLimits(min_slices=args.min_slices, max_slices=args.max_slices,
                           max_rows=args.max_matrix, max_columns=args.max_matrix)
-    return PipelineOptions(limits=limits, encode=encode)
+    companions = CompanionOptions(uncertainty_map=args.uncertainty_map, qa_capture=args.qa_capture)
+    return PipelineOptions(limits=limits, encode=encode, companions=companions)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -109,12 +118,14 @@ def run(args: argparse.Namespace) -> int:
                                    device=args.device, samples=args.samples)
     translator = _LazyTranslator(args.checkpoint, settings)
     outcome = run_pipeline(datasets, translator, options)
-    paths = write_series(outcome.datasets, args.output)
+    paths = write_series(outcome.all_datasets, args.output)
     seconds = time.perf_counter() - start
     result = outcome.translation
     print(f"synthetic MR series {outcome.datasets[0].SeriesInstanceUID} (NOT FOR DIAGNOSIS)")
     print(f"  from CT series {outcome.volume.series_instance_uid}, "
-          f"{len(paths)} instances in {args.output}")
+          f"{len(outcome.datasets)} instances in {args.output}")
+    for companion in outcome.companions:
+        print(f"  {companion.SeriesDescription} (series {companion.SeriesInstanceUID})")
     print(f"  model {result.model.name} {result.model.version}, {result.settings.sampler} "
           f"{result.settings.steps} steps, seed {result.settings.seed}, device {result.device}")
     print(f"  time {seconds:.1f} s (sampling {result.seconds:.1f} s, "

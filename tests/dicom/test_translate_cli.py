@@ -76,3 +76,28 @@ def test_unusable_input_exits_non_zero_with_a_message(tmp_path: Path, tiny_check
 def test_missing_checkpoint_exits_non_zero(tmp_path: Path, ct_dir: Path) -> None:
     proc = _translate("--input", ct_dir, "--output", tmp_path / "o", "--checkpoint", tmp_path / "none")
     assert proc.returncode == 4 and "checkpoint" in proc.stderr
+
+
+def test_translate_writes_the_uncertainty_map_and_qa_image(
+        tmp_path: Path, tiny_checkpoint: Path, ct_dir: Path) -> None:
+    out = tmp_path / "mr"
+    proc = _translate("--input", ct_dir, "--output", out, "--checkpoint", tiny_checkpoint, "--steps", 2,
+                      "--samples", 2, "--uncertainty-map", "--qa-capture", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    files = {p.name[:2]: p for p in sorted(out.glob("*.dcm"))}
+    assert {"MR", "PM", "SC"} <= set(files)
+    pm, sc = pydicom.dcmread(files["PM"]), pydicom.dcmread(files["SC"])
+    mr = pydicom.dcmread(files["MR"])
+    assert pm.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30" and sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+    assert pm.StudyInstanceUID == sc.StudyInstanceUID == mr.StudyInstanceUID
+    assert pm.FrameOfReferenceUID == mr.FrameOfReferenceUID
+    assert pm.SyntheticData == sc.SyntheticData == "YES"
+    assert_valid_files([files["PM"], files["SC"]])
+    assert "QA - SYNTHETIC MR" in proc.stdout
+
+
+def test_uncertainty_map_needs_samples(tmp_path: Path, tiny_checkpoint: Path, ct_dir: Path) -> None:
+    proc = _translate("--input", ct_dir, "--output", tmp_path / "o", "--checkpoint", tiny_checkpoint,
+                      "--uncertainty-map")
+    assert proc.returncode == 2 and "--samples >= 2" in proc.stderr
+    assert not (tmp_path / "o").exists()
