@@ -30,7 +30,8 @@ def summary(config: NodeConfig) -> list[str]:
         f"node: AE {config.node.ae_title} on {config.node.bind_address}:{config.node.port}",
         f"calling AEs allowed: {callers}",
         f"spool: {config.spool_dir}",
-        f"series complete after {config.series.quiet_period_s:g} s quiet",
+        f"series complete after {config.series.quiet_period_s:g} s quiet once released, "
+        f"{max(config.series.quiet_period_s, config.series.open_association_quiet_s):g} s while the association stays open",
     ]
     models = config.named_models()
     for name, model in models.items():
