@@ -67,19 +67,10 @@ def translator(tiny_checkpoint: Path) -> Translator:
 @pytest.fixture
 def start_node(translator: Translator) -> Iterator[Callable[[NodeConfig], Node]]:
     """Start in-process nodes with the tiny translator; all are stopped after the test."""
-    from ct2mri_node.node import Node
+    from nodekit import started_nodes
 
-    nodes: list[Node] = []
-
-    def start(config: NodeConfig) -> Node:
-        node = Node(config, translator=translator)
-        node.start()
-        nodes.append(node)
-        return node
-
-    yield start
-    for node in nodes:
-        node.stop()
+    with started_nodes(translator) as start:
+        yield start
 
 
 @pytest.fixture(name="require_peer")

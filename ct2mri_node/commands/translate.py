@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
                                    device=args.device, samples=args.samples)
     translator = _LazyTranslator(args.checkpoint, settings)
     outcome = run_pipeline(datasets, translator, options)
-    paths = write_series(outcome.all_datasets, args.output)
+    write_series(outcome.all_datasets, args.output)
     seconds = time.perf_counter() - start
     result = outcome.translation
     print(f"synthetic MR series {outcome.datasets[0].SeriesInstanceUID} (NOT FOR DIAGNOSIS)")

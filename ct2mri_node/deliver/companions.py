@@ -28,7 +28,6 @@ import numpy as np
 from highdicom.sr.coding import CodedConcept
 from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset
-from pydicom.sr.codedict import codes
 from pydicom.uid import (
     ExplicitVRLittleEndian,
     ParametricMapStorage,
@@ -37,7 +36,7 @@ from pydicom.uid import (
 
 from ..errors import ModelError
 from ..render.montage import CT_WINDOW, Row, auto_window, render
-from .encode import SOURCE_SERIES, EncodeOptions, _code, copy_elements
+from .encode import SOURCE_SERIES, EncodeOptions, _code, contributing_equipment, copy_elements
 from .uids import uid_from
 
 if TYPE_CHECKING:  # deliver/ never imports the model (and torch) at run time
@@ -104,32 +103,7 @@ def _checked_uncertainty(ct: CTVolume, result: TranslationResult) -> np.ndarray:
     return sd
 
 
-def _equipment(ct: CTVolume, result: TranslationResult, options: EncodeOptions, when: dt.datetime,
-               what: str) -> list[hd.ContributingEquipment]:
-    """Our node and model (Synthesizing) and the CT scanner (Acquisition), as on the MR."""
-    model, settings = result.model, result.settings
-    ours = hd.ContributingEquipment(
-        manufacturer=options.manufacturer[:64],
-        purpose_of_reference=codes.DCM.SynthesizingEquipment,
-        manufacturer_model_name=model.name[:64],
-        software_versions=[f"ct2mri-node {options.node_version}"[:64], f"{model.name} {model.version}"[:64]],
-        contribution_datetime=when,
-        contribution_description=(
-            f"{what} of a synthetic MR by {model.name} {model.version} ({model.architecture}), weights "
-            f"sha256 {model.weight_hash}, {settings.sampler} {settings.steps} steps, {settings.samples} "
-            f"samples, seed {settings.seed}")[:1024],
-    )
-    header = ct.header
-    scanner = hd.ContributingEquipment(
-        manufacturer=str(header.get("Manufacturer") or "UNKNOWN")[:64],
-        purpose_of_reference=codes.DCM.AcquisitionEquipment,
-        manufacturer_model_name=str(header.get("ManufacturerModelName") or "") or None,
-        institution_name=str(header.get("InstitutionName") or "") or None,
-    )
-    return [ours, scanner]
-
-
-def _set_equipment(ds: Dataset, equipment: list[hd.ContributingEquipment]) -> None:
+def _set_equipment(ds: Dataset, equipment: list[Dataset]) -> None:
     """Our node and the CT scanner first (as on the MR), then highdicom's own item; highdicom's
     automatic "acquisition equipment" of the source image (the MR, i.e. ourselves) is dropped."""
     library = [item for item in ds.get("ContributingEquipmentSequence", [])
@@ -232,7 +206,7 @@ def encode_uncertainty_map(ct: CTVolume, result: TranslationResult, mr: Sequence
         ],
         further_source_images=_ct_sources(ct, ct_datasets) or None,
     )
-    _set_equipment(pm, _equipment(ct, result, options, when, "Uncertainty map"))
+    _set_equipment(pm, contributing_equipment(ct, result, options, when, "Uncertainty map of a synthetic MR"))
     pm.SeriesDescription = MAP_DESCRIPTION
     pm.Laterality = ""   # type 2C, empty: the map covers the CT's whole field (the MR says ImageLaterality U)
     pm.ContentDate, pm.ContentTime = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
@@ -280,7 +254,7 @@ def encode_qa_capture(ct: CTVolume, result: TranslationResult, mr: Sequence[Data
         transfer_syntax_uid=ExplicitVRLittleEndian,   # from_ref_dataset defaults to Implicit VR
     )
     copy_elements(mr[0], sc, [0x00080005])   # SpecificCharacterSet, as the MR (and CT) has it
-    _set_equipment(sc, _equipment(ct, result, options, when, "QA montage"))
+    _set_equipment(sc, contributing_equipment(ct, result, options, when, "QA montage of a synthetic MR"))
     sc.PatientOrientation = ""   # type 2C, empty: no single orientation fits axial, coronal and sagittal panels
     sc.ImageLaterality = "U"   # as on the MR: the montage covers the CT's whole field
     sc.SeriesDescription = QA_DESCRIPTION

@@ -191,7 +191,7 @@ def _series_dataset(ct: CTVolume, result: TranslationResult, options: EncodeOpti
     _equipment(ds, result, options)
     _labels(ds, ct, result)
     _references(ds, ct)
-    _contributing_equipment(ds, ct, result, options, when)
+    ds.ContributingEquipmentSequence = contributing_equipment(ct, result, options, when)
     _pixel_description(ds, ct, result, options)
     _mr_acquisition(ds)
     return ds
@@ -256,16 +256,17 @@ def _referenced_series(series_uid: str, source: SliceSource) -> Dataset:
     return referenced
 
 
-def _contributing_equipment(ds: Dataset, ct: CTVolume, result: TranslationResult,
-                            options: EncodeOptions, when: dt.datetime) -> None:
-    """Our node and model (Synthesizing) and the CT scanner (Acquisition)."""
+def contributing_equipment(ct: CTVolume, result: TranslationResult, options: EncodeOptions,
+                           when: dt.datetime, work: str = "Synthetic MR") -> list[Dataset]:
+    """ContributingEquipmentSequence items: our node and model (Synthesizing) and the CT scanner
+    (Acquisition); ``work`` names what was made (the MR, or a companion object of it)."""
     model, settings = result.model, result.settings
     ours = Dataset()
     ours.PurposeOfReferenceCodeSequence = [_code(*SYNTHESIZING)]
     _equipment(ours, result, options)
     ours.ContributionDateTime = when.strftime("%Y%m%d%H%M%S%z")
     ours.ContributionDescription = _ascii(
-        f"Synthetic MR by {model.name} {model.version} ({model.architecture}), weights sha256 "
+        f"{work} by {model.name} {model.version} ({model.architecture}), weights sha256 "
         f"{model.weight_hash}, {settings.sampler} {settings.steps} steps, seed {settings.seed}"
     )[:1024]
     scanner = Dataset()
@@ -274,7 +275,7 @@ def _contributing_equipment(ds: Dataset, ct: CTVolume, result: TranslationResult
                                        0x00080080))
     if not scanner.get("Manufacturer"):
         scanner.Manufacturer = "UNKNOWN"   # type 1 in this sequence; the CT left it empty
-    ds.ContributingEquipmentSequence = [ours, scanner]
+    return [ours, scanner]
 
 
 def _pixel_description(ds: Dataset, ct: CTVolume, result: TranslationResult,

@@ -430,11 +430,18 @@ class JobStore:
             )
         return self.get(job_id)
 
+    @staticmethod
+    def _state_filter(state: str | None) -> tuple[str, tuple[str, ...]]:
+        """The WHERE clause and its argument for "jobs in ``state``" (None: every job)."""
+        if state is None:
+            return "", ()
+        if state not in STATES:
+            raise JobError(f"unknown job state {state!r}; one of {', '.join(STATES)}")
+        return "WHERE state=?", (state,)
+
     def page(self, offset: int, limit: int, state: str | None = None) -> list[Job]:
         """One page of jobs, newest first, optionally only those in ``state`` (the status page)."""
-        if state is not None and state not in STATES:
-            raise JobError(f"unknown job state {state!r}; one of {', '.join(STATES)}")
-        where, args = ("WHERE state=?", (state,)) if state is not None else ("", ())
+        where, args = self._state_filter(state)
         with self.connect() as conn:
             rows = conn.execute(f"SELECT id FROM jobs {where} ORDER BY id DESC LIMIT ? OFFSET ?",  # noqa: S608
                                 (*args, max(0, int(limit)), max(0, int(offset)))).fetchall()
@@ -442,9 +449,7 @@ class JobStore:
 
     def count_jobs(self, state: str | None = None) -> int:
         """How many jobs there are (in ``state`` when given)."""
-        if state is not None and state not in STATES:
-            raise JobError(f"unknown job state {state!r}; one of {', '.join(STATES)}")
-        where, args = ("WHERE state=?", (state,)) if state is not None else ("", ())
+        where, args = self._state_filter(state)
         with self.connect() as conn:
             row = conn.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()  # noqa: S608
         return int(row[0])

@@ -102,3 +102,12 @@ def ct_volume(tmp_path: Path, hu: np.ndarray, defer_size_bytes: int | None = DEF
     """``hu`` written as a CT series (shuffled file names) under ``tmp_path/ct``, read and assembled."""
     paths = write_ct_series(hu, SPACING, tmp_path / "ct", shuffle_names=True, **kwargs)
     return assemble(read_series(paths, defer_size_bytes=defer_size_bytes))
+
+
+def oblique_orientation() -> tuple[float, ...]:
+    """ImageOrientationPatient of a plane turned 20 degrees about z, then 15 degrees about x."""
+    a, b = np.radians(20.0), np.radians(15.0)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    rotation = rx @ rz
+    return tuple(round(float(v), 6) for v in (*rotation[:, 0], *rotation[:, 1]))

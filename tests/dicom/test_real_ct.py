@@ -47,21 +47,12 @@ from ct2mri_node.jobs.pipeline import PipelineResult, run_pipeline, write_series
 from ct2mri_node.model.translator import TranslationSettings, Translator
 from ct2mri_node.training.ct_dicom import ct_series_datasets, encode_transfer_syntax, write_datasets
 from ct2mri_node.volume.assemble import read_series
-from dicom_checks import assert_valid_files, phantom_hu
+from dicom_checks import assert_valid_files, oblique_orientation, phantom_hu
 
 SHAPE = (10, 32, 32)
 #: Raw bytes of these must be identical in the CT and every MR instance.
 COPIED_TAGS = (0x00080005, 0x00100010, 0x00100020, 0x00100030, 0x00100040, 0x0020000D,
                0x00080020, 0x00080030, 0x00080050, 0x00081030, 0x00200052)
-
-
-def _oblique() -> tuple[float, ...]:
-    """Row and column of a plane turned 20 degrees about z, then 15 degrees about x."""
-    a, b = np.radians(20.0), np.radians(15.0)
-    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
-    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
-    rotation = rx @ rz
-    return tuple(round(float(v), 6) for v in (*rotation[:, 0], *rotation[:, 1]))
 
 
 @dataclass(frozen=True)
@@ -117,7 +108,7 @@ CASES = {
     "feet-first-prone": Case(series={"orientation": (1, 0, 0, 0, -1, 0),
                                      "patient_position": "FFP"}),
     "sagittal": Case(series={"orientation": (0, 1, 0, 0, 0, -1)}),
-    "oblique": Case(series={"orientation": _oblique(), "origin": (-12.5, 7.25, 33.0)},
+    "oblique": Case(series={"orientation": oblique_orientation(), "origin": (-12.5, 7.25, 33.0)},
                     spacing=(2.0, 0.8, 0.8)),
     "non-square-pixels": Case(spacing=(3.0, 0.5, 1.3)),
     # a localizer mixed in, and pixel representations with any rescale

@@ -39,20 +39,11 @@ from ct2mri_node.jobs.pipeline import run_pipeline, write_series
 from ct2mri_node.model.translator import Translator
 from ct2mri_node.training.ct_dicom import write_ct_series
 from ct2mri_node.volume.assemble import read_series
-from dicom_checks import phantom_hu
+from dicom_checks import oblique_orientation, phantom_hu
 
 SHAPE = (10, 64, 48)          # slices, rows, columns: small, so each case takes seconds
 TOLERANCE_MM = 1e-4           # CT against MR through the same tool
 CROSS_TOOL_MM = 1e-3          # NRRD (float64) against NIfTI (float32 sform)
-
-
-def _oblique() -> tuple[float, ...]:
-    """Row and column of a plane turned 20 degrees about z, then 15 degrees about x."""
-    a, b = np.radians(20.0), np.radians(15.0)
-    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
-    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
-    rotation = rx @ rz
-    return tuple(round(float(v), 6) for v in (*rotation[:, 0], *rotation[:, 1]))
 
 
 @dataclass(frozen=True)
@@ -67,7 +58,7 @@ CASES = {
                                       "origin": (10, -20, 300)}),
     "head-first-prone": Case(series={"orientation": (-1, 0, 0, 0, -1, 0), "patient_position": "HFP",
                                      "origin": (5, 40, -120)}),
-    "oblique": Case(series={"orientation": _oblique(), "origin": (-12.5, 7.25, 33.0)},
+    "oblique": Case(series={"orientation": oblique_orientation(), "origin": (-12.5, 7.25, 33.0)},
                     spacing=(2.0, 0.8, 0.8)),
     "non-square-pixels": Case(spacing=(3.0, 0.5, 1.3)),
 }

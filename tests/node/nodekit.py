@@ -11,7 +11,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -222,3 +223,21 @@ def jobs_in(node: Node, *states: str) -> list[Job]:
     assert node.store is not None
     jobs = node.store.list()
     return jobs if jobs and all(j.state in states for j in jobs) else []
+
+
+@contextmanager
+def started_nodes(translator: Any) -> Iterator[Callable[[NodeConfig], Node]]:
+    """A function that starts in-process nodes with ``translator``; all are stopped on exit."""
+    nodes: list[Node] = []
+
+    def start(config: NodeConfig) -> Node:
+        node = Node(config, translator=translator)
+        node.start()
+        nodes.append(node)
+        return node
+
+    try:
+        yield start
+    finally:
+        for node in nodes:
+            node.stop()

@@ -17,6 +17,7 @@ from nodekit import (
     node_config,
     node_config_data,
     send,
+    started_nodes,
     wait_for,
 )
 from torch import nn
@@ -46,17 +47,8 @@ def sampling_translator(tiny_checkpoint: Path) -> Translator:
 
 @pytest.fixture
 def start_sampling_node(sampling_translator: Translator) -> Iterator[Callable[[NodeConfig], Node]]:
-    nodes: list[Node] = []
-
-    def start(config: NodeConfig) -> Node:
-        node = Node(config, translator=sampling_translator)
-        node.start()
-        nodes.append(node)
-        return node
-
-    yield start
-    for node in nodes:
-        node.stop()
+    with started_nodes(sampling_translator) as start:
+        yield start
 
 
 def _outputs_config(tmp_path: Path, destinations: list[dict[str, object]]) -> NodeConfig:
