@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -37,17 +38,32 @@ def dciodvfy_binary() -> Path:
     return Path(found)
 
 
-def dciodvfy_errors(path: Path) -> list[str]:
-    """Run dciodvfy on ``path``; return its ``Error -`` lines (the exit code is unreliable)."""
+def dciodvfy_report(path: Path) -> tuple[str, list[str]]:
+    """Run dciodvfy on ``path``: (the IOD it recognised, its ``Error -`` lines).
+
+    The exit code is unreliable (0 seen with errors), so errors are read from the output; a run
+    that crashed or named no IOD (so checked nothing) is an AssertionError, not a clean report.
+    """
     proc = subprocess.run(
         [str(dciodvfy_binary()), str(path)], capture_output=True, text=True,
         errors="replace", timeout=60, check=False,
     )
-    return [line for line in (proc.stderr + proc.stdout).splitlines() if "Error -" in line]
+    lines = (proc.stderr + proc.stdout).splitlines()
+    iods = [line.strip() for line in lines if re.fullmatch(r"[A-Z][A-Za-z0-9]+", line.strip())]
+    if proc.returncode < 0 or not iods:
+        raise AssertionError(f"dciodvfy did not check {path.name} (exit code {proc.returncode}, "
+                             f"no IOD recognised): {lines[:5]}")
+    return iods[0], [line for line in lines if "Error -" in line]
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """Run dciodvfy on ``path``; return its ``Error -`` lines (see :func:`dciodvfy_report`)."""
+    return dciodvfy_report(path)[1]
 
 
 def assert_valid_files(paths: list[Path]) -> None:
-    """Every file reads back strictly and dciodvfy reports no error."""
+    """Every file reads back strictly and dciodvfy reports no error (its negative control:
+    test_dicom_checks.py)."""
     problems = {}
     for path in paths:
         pydicom.dcmread(path)  # strict mode is on for the session (tests/conftest.py)

@@ -4,6 +4,8 @@ ports, small CT series, a capture SCP, configs, a C-STORE sender, polling, the C
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -46,10 +48,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def make_ct_series(out_dir: Path, seed: int = 0, slices: int = 12, size: int = 32, **kwargs: Any) -> list[Path]:
-    """A small CT phantom series (a water cylinder with a bone ring) written as DICOM files."""
+def make_ct_series(out_dir: Path, seed: int = 0, slices: int = 12, size: int = 32, taper: float = 0.0,
+                   **kwargs: Any) -> list[Path]:
+    """A small CT phantom series (a water cylinder with a bone ring) written as DICOM files.
+
+    ``taper``: the fraction by which the body's radius shrinks from the first slice to the last
+    (a cone, so that each slice has its own air; 0: a cylinder)."""
     z, y, x = np.mgrid[0:slices, 0:size, 0:size]
-    r = np.hypot(y - size / 2, x - size / 2)
+    r = np.hypot(y - size / 2, x - size / 2) / (1.0 - taper * z / max(slices - 1, 1))
     hu = np.where(r < size * 0.4, 40.0, -1000.0)
     hu = np.where((r >= size * 0.32) & (r < size * 0.4), 900.0, hu).astype(np.float32)
     hu += (z % 3) * 5.0
@@ -241,3 +247,32 @@ def started_nodes(translator: Any) -> Iterator[Callable[[NodeConfig], Node]]:
     finally:
         for node in nodes:
             node.stop()
+
+
+# -- peers that cannot bind to loopback only (Orthanc, dcmtk's storescp) ----------------------
+def private_network_problem(*programs: str) -> str | None:
+    """None when ``programs`` are installed and a private network namespace with only loopback
+    can be made (``unshare -n``, root as in CI), else why not (for ``require_peer``)."""
+    for program in programs:
+        if shutil.which(program) is None:
+            return f"{program} is not installed (deploy/install.sh installs it)"
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return "unshare or ip (util-linux, iproute2) is missing"
+    probe = subprocess.run(["unshare", "-n", "sh", "-c", "ip link set lo up"], capture_output=True, text=True,
+                           check=False)
+    if probe.returncode != 0:
+        return f"cannot create a private network namespace (needs root): {probe.stderr.strip()}"
+    return None
+
+
+def run_in_private_network(script: Path, *args: str, timeout_s: float = 300) -> Any:
+    """``python script args`` inside a new network namespace with only loopback up: peers that
+    listen on every interface (Orthanc, storescp) are reachable only from inside. The script
+    prints its report as JSON on its last line; returns that report (AssertionError on failure)."""
+    cmd = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" "$@"', sys.executable, str(script), *args]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False,
+                         env={**os.environ, "TCP_NODELAY": "1"})
+    assert run.returncode == 0, run.stderr[-4000:]
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    report["stderr"] = run.stderr
+    return report

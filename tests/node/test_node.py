@@ -1,14 +1,27 @@
-"""The whole node over real associations: CT in, MR series out to a capture SCP and a folder."""
+"""The whole node over real associations: CT in, MR series out to a capture SCP and a folder.
+
+The round trip and the retry also run against dcmtk's ``storescp`` as the archive (in a private
+network namespace, dcmtk_peer.py), so that a second DICOM implementation checks what we send."""
 
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
 import pytest
-from nodekit import CaptureSCP, jobs_in, make_ct_series, node_config, send, wait_for
+from nodekit import (
+    CaptureSCP,
+    jobs_in,
+    make_ct_series,
+    node_config,
+    private_network_problem,
+    run_in_private_network,
+    send,
+    wait_for,
+)
 
 from ct2mri_node.config import NodeConfig
 from ct2mri_node.model.translator import Translator
@@ -89,6 +102,49 @@ def test_destination_down_at_first_gets_series_once_up(
         check_mr_series(late.datasets, ct)
     finally:
         late.stop()
+
+
+DCMTK_PEER = Path(__file__).with_name("dcmtk_peer.py")
+
+
+def _storescp_received(work: Path) -> list[pydicom.Dataset]:
+    """Every instance storescp wrote (one file per C-STORE it answered); none received twice;
+    its log has no error."""
+    received = [pydicom.dcmread(p) for p in sorted((work / "archive").iterdir())]
+    twice = [uid for uid, n in Counter(str(d.SOPInstanceUID) for d in received).items() if n > 1]
+    assert not twice, f"storescp received {len(twice)} instance(s) more than once"
+    errors = [line for line in (work / "storescp.log").read_text().splitlines() if line.startswith(("E:", "F:"))]
+    assert not errors, errors
+    return received
+
+
+def test_two_series_round_trip_to_dcmtk_storescp(
+    tiny_checkpoint: Path, tmp_path: Path, require_peer: Callable[[bool, str], None]
+) -> None:
+    reason = private_network_problem("storescp")
+    require_peer(reason is None, reason or "")   # under CI a missing dcmtk or namespace fails
+    report = run_in_private_network(DCMTK_PEER, "roundtrip", str(tmp_path), str(tiny_checkpoint))
+    assert [(j["state"], j["deliveries"]) for j in report["jobs"]] == \
+        [("done", {"archive": "done", "local": "done"})] * 2, report["jobs"]
+    by_series: dict[str, list[pydicom.Dataset]] = {}
+    for ds in _storescp_received(tmp_path):
+        by_series.setdefault(str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID), []).append(ds)
+    ct_series = {str(pydicom.dcmread(p[0]).SeriesInstanceUID): p
+                 for p in (sorted((tmp_path / name).glob("*.dcm")) for name in ("ct-a", "ct-b"))}
+    assert set(by_series) == set(ct_series)
+    for uid, mr in by_series.items():
+        check_mr_series(mr, ct_series[uid])
+
+
+def test_storescp_down_at_first_gets_series_once_up(
+    tiny_checkpoint: Path, tmp_path: Path, require_peer: Callable[[bool, str], None]
+) -> None:
+    reason = private_network_problem("storescp")
+    require_peer(reason is None, reason or "")
+    report = run_in_private_network(DCMTK_PEER, "retry", str(tmp_path), str(tiny_checkpoint))
+    (job,) = report["jobs"]
+    assert job["state"] == "done" and job["attempts"] >= 2, job
+    check_mr_series(_storescp_received(tmp_path), sorted((tmp_path / "ct").glob("*.dcm")))
 
 
 def test_rejecting_destination_and_refused_series_fail_with_reason(

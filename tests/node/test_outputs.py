@@ -64,13 +64,18 @@ def _by_class(datasets: list[pydicom.Dataset]) -> dict[str, list[pydicom.Dataset
     return out
 
 
+def _along(position: object, normal: np.ndarray) -> float:
+    """A slice's place along the normal of its plane, in mm (0.01 mm steps)."""
+    return round(float(np.dot([float(v) for v in position], normal)), 2)  # type: ignore[attr-defined]
+
+
 def test_node_sends_mr_uncertainty_map_and_qa_image_in_one_study(
     start_sampling_node: Callable[[NodeConfig], Node], capture: CaptureSCP, tmp_path: Path
 ) -> None:
     outbox = tmp_path / "outbox"
     node = start_sampling_node(_outputs_config(
         tmp_path, [capture.destination(), {"name": "local", "type": "folder", "path": str(outbox)}]))
-    ct_paths = make_ct_series(tmp_path / "ct", seed=3)
+    ct_paths = make_ct_series(tmp_path / "ct", seed=3, taper=0.5)   # a cone: each slice has its own air
     send(node.port, ct_paths)
     (job,) = wait_for(lambda: jobs_in(node, "done", "failed"), 180)
     assert job.state == "done", job.reason
@@ -107,9 +112,19 @@ def test_node_sends_mr_uncertainty_map_and_qa_image_in_one_study(
     assert "samples" in mapping.LUTExplanation
     sd = pm.pixel_array
     assert sd.dtype == np.float32 and np.isfinite(sd).all() and sd.min() >= 0.0
-    mr_pixels = np.stack([d.pixel_array for d in sorted(got[MR], key=lambda d: int(d.InstanceNumber))])
-    assert sd.max() > 0.0                          # random tiny model: samples differ in the body
-    assert np.all(sd[mr_pixels == 0] == 0.0) or (sd[mr_pixels == 0] == 0).mean() > 0.9   # air: no spread
+    # each map frame against the CT slice at the same position (frames are matched by their
+    # Plane Position, never by their order): no spread in the CT's air, spread in its body
+    normal = np.cross(*np.reshape([float(v) for v in ct[0].ImageOrientationPatient], (2, 3)))
+    ct_at = {_along(d.ImagePositionPatient, normal): d.pixel_array * float(d.RescaleSlope) + float(d.RescaleIntercept)
+             for d in ct}
+    sd_at = {_along(f.PlanePositionSequence[0].ImagePositionPatient, normal): sd[i]
+             for i, f in enumerate(pm.PerFrameFunctionalGroupsSequence)}
+    assert sorted(sd_at) == sorted(ct_at)
+    for where, hu in ct_at.items():
+        air = hu < -500
+        assert air.any() and (~air).any()
+        assert np.all(sd_at[where][air] == 0.0), f"spread in air at {where} mm"
+        assert sd_at[where][~air].max() > 0.0, f"no spread in the body at {where} mm"   # random tiny model
     assert {d.ContributingEquipmentSequence[0].PurposeOfReferenceCodeSequence[0].CodeValue
             for d in (pm, sc, got[MR][0])} == {"109100"}
 
@@ -217,7 +232,13 @@ def test_post_mapping_fitted_on_the_mean_is_the_mr_post_processing() -> None:
     mask[2:8, 4:16, 4:16] = True
     mapping = pre_post.PostMapping.fit(mean, mask)
     assert np.array_equal(mapping(mean), pre_post.postprocess_model_grid(mean, mask))
-    assert np.array_equal(mapping(mean + 0.0), mapping(mean))   # a fixed mapping, not refitted
+    # a fixed mapping, not refitted on what it maps: a sample that agrees with the mean in the
+    # first half of the volume maps that half exactly as the mean does, though its other half
+    # (brighter, spread out) would move the percentiles and the histogram of a refit
+    sample = mean.copy()
+    sample[5:] = 3.0 * mean[5:] + 2.0
+    assert np.array_equal(mapping(sample)[:5], mapping(mean)[:5])
+    assert not np.allclose(pre_post.postprocess_model_grid(sample, mask)[:5], mapping(mean)[:5])   # a refit would differ
 
 
 def test_batched_samples_match_one_by_one_within_rounding(tiny_checkpoint: Path) -> None:
@@ -225,7 +246,7 @@ def test_batched_samples_match_one_by_one_within_rounding(tiny_checkpoint: Path)
     from ct2mri_node.model.translator import sample_seeds
 
     translator = Translator(tiny_checkpoint, TranslationSettings(steps=3, samples=3, device="cpu"))
-    ct = torch.linspace(-1.0, 1.0, 20 * 24 * 24).reshape(1, 1, 20, 24, 24)
+    ct = torch.linspace(-1.0, 1.0, 4 * 20 * 24 * 24).reshape(1, 4, 20, 24, 24)  # one channel per CT window
     spec = WindowSpec((16, 16, 16), 0.25, 2)
     seeds = sample_seeds(0, 3)
     counts = EvalCounter(), EvalCounter()

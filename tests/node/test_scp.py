@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,23 +19,27 @@ from relkit import raw_sending, write_raw
 
 from ct2mri_node.config import CallingAE, DicomDestination, NodeConfig
 from ct2mri_node.deliver.send import _associate
+from ct2mri_node.jobs.store import JobStore
+from ct2mri_node.receive import completion
 from ct2mri_node.receive.completion import CompletionWatcher
 from ct2mri_node.receive.scp import StoreSCP
 from ct2mri_node.receive.spool import Spool, header_from_dataset
 
 
 class Sink:
-    """Records completion reports (what the job store would get)."""
+    """Records completion reports and passes them on to a real job store (as the node does)."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
         self.complete: list[str] = []
 
     def series_received(self, series_uid: str, study_uid: str) -> None:
-        pass
+        self.store.series_received(series_uid, study_uid)
 
     def series_complete(self, series_uid: str, study_uid: str, last_instance_at: float,
                         calling_ae: str | None = None) -> None:
         self.complete.append(series_uid)
+        self.store.series_complete(series_uid, study_uid, last_instance_at, calling_ae)
 
 
 class Receiver:
@@ -42,7 +47,7 @@ class Receiver:
         self.config = config
         self.spool = Spool(config.spool_dir)
         self.spool.create()
-        self.sink = Sink()
+        self.sink = Sink(JobStore(self.spool.db_path))
         self.watcher = CompletionWatcher(self.sink, config.series.quiet_period_s)
         self.scp = StoreSCP(config.node, config.calling_aes, self.spool, self.watcher)
 
@@ -82,11 +87,8 @@ def _send(rec: Receiver, paths: list[Path], calling: str = "PACS", called: str =
 
 
 def _wait_complete(rec: Receiver, count: int, timeout_s: float = 15.0) -> list[str]:
-    import time
-
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end and len(rec.sink.complete) < count:
-        time.sleep(0.05)
+    """The completed series once there are ``count``; AssertionError after ``timeout_s``."""
+    wait_for(lambda: len(rec.sink.complete) >= count, timeout_s)
     return rec.sink.complete
 
 
@@ -113,18 +115,26 @@ def test_series_over_two_associations_completes_once(receiver: Receiver, tmp_pat
     first.release()
     assert [int(second.send_c_store(p).Status) for p in paths[3:]] == [0] * 3
     second.release()
-    assert _wait_complete(receiver, 1) and len(receiver.sink.complete) == 1
-    import time
-
-    time.sleep(0.7)
-    assert len(receiver.sink.complete) == 1
+    series = str(pydicom.dcmread(paths[0]).SeriesInstanceUID)
+    assert _wait_complete(receiver, 1) == [series]
+    store = receiver.sink.store
+    job = store.claim()                 # a fast worker takes the job and finishes it at once:
+    assert job is not None and job.series_uid == series
+    store.complete(job.id)              # a second completion would now queue a second job
+    # bounded wait: longer than the quiet period and than completion's retry interval, the
+    # latest any second report could come; fail as soon as one does
+    end = time.monotonic() + max(4 * receiver.config.series.quiet_period_s, completion.RETRY_S) + 0.5
+    while time.monotonic() < end:
+        assert len(receiver.sink.complete) == 1 and len(store.list()) == 1, (receiver.sink.complete, store.list())
+        time.sleep(0.05)
+    assert [(j.series_uid, j.state) for j in store.list()] == [(series, "done")]
 
 
 def test_duplicates_are_ignored_and_compressed_accepted(receiver: Receiver, tmp_path: Path) -> None:
     paths = make_ct_series(tmp_path / "ct", slices=3, size=16, transfer_syntax=RLELossless)
     assert _send(receiver, paths + paths[:2]) == [0] * 5
     series = str(pydicom.dcmread(paths[0]).SeriesInstanceUID)
-    _wait_complete(receiver, 1)
+    assert _wait_complete(receiver, 1) == [series]
     spooled = receiver.spool.instance_paths(series)
     assert len(spooled) == 3
     assert pydicom.dcmread(spooled[0]).file_meta.TransferSyntaxUID == RLELossless

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from nodekit import RecordingSink, make_ct_series
@@ -89,20 +90,38 @@ def test_counts_survive_a_restart_and_a_removed_folder(tmp_path: Path) -> None:
 
 
 def test_free_space_is_reread_after_enough_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The clock and statvfs are the test's: a re-read shows as a new statvfs value, and the
+    cached value minus what was stored since is what the spool reports in between."""
     from ct2mri_node.receive import members as members_module
 
+    clock = [1000.0]
+    disk = {"free": 10 << 30, "reads": 0}
+
+    def disk_usage(path: object) -> SimpleNamespace:
+        disk["reads"] += 1
+        return SimpleNamespace(total=20 << 30, used=(20 << 30) - disk["free"], free=disk["free"])
+
+    monkeypatch.setattr(members_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(members_module, "shutil", SimpleNamespace(disk_usage=disk_usage))
+    monkeypatch.setattr(members_module, "FREE_SPACE_MAX_WRITTEN", 10_000)
+    monkeypatch.setattr(members_module, "FREE_SPACE_MAX_AGE_S", 5.0)
     spool = Spool(tmp_path / "spool")
     spool.create()
-    first = spool.free_bytes()
-    assert first > 0
-    monkeypatch.setattr(members_module, "FREE_SPACE_MAX_WRITTEN", 10)
-    spool.store(b"0123456789abc", HEADER)             # more than the threshold: read again
-    assert abs(spool.free_bytes() - first) < 64 * 1024 * 1024
-    monkeypatch.setattr(members_module, "FREE_SPACE_MAX_WRITTEN", 1 << 40)
-    monkeypatch.setattr(members_module, "FREE_SPACE_MAX_AGE_S", 3600.0)
-    cached = spool.free_bytes()
-    spool.store(b"x" * 4096, InstanceHeader(HEADER.sop_class_uid, "1.2.3.4.6", "1.2.3.4", "1.2.3"))
-    assert spool.free_bytes() == cached - 4096         # what was stored since is subtracted
+
+    def header(n: int) -> InstanceHeader:
+        return InstanceHeader(HEADER.sop_class_uid, f"1.2.3.4.{n}", "1.2.3.4", "1.2.3")
+
+    assert spool.free_bytes() == 10 << 30 and disk["reads"] == 1
+    disk["free"] = 7 << 30                      # another process fills the disk: not seen yet
+    spool.store(b"x" * 4096, header(10))
+    assert spool.free_bytes() == (10 << 30) - 4096 and disk["reads"] == 1   # cached minus stored
+    spool.store(b"y" * 6000, header(11))        # 10096 bytes since the read: over the threshold
+    assert spool.free_bytes() == 7 << 30 and disk["reads"] == 2             # read again, same instant
+    disk["free"] = 6 << 30
+    clock[0] += 4.9                             # younger than the age limit, little written
+    assert spool.free_bytes() == 7 << 30 and disk["reads"] == 2
+    clock[0] += 0.2                             # older than the age limit: read again
+    assert spool.free_bytes() == 6 << 30 and disk["reads"] == 3
 
 
 class _Recorder:

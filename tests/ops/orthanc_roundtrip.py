@@ -92,15 +92,31 @@ def wait_job(node: Node, timeout_s: float = 120) -> Any:
 
 
 def study_report(study_uid: str) -> dict[str, Any]:
-    """What Orthanc holds in the study: per series, modality, instance count and one instance's tags."""
+    """What Orthanc holds in the study: per series, modality, its SOP Instance UIDs and one
+    instance's tags; and what Orthanc holds in all (``statistics``), so nothing else goes unseen."""
     (study,) = [r["ID"] for r in rest("POST", "/tools/lookup", study_uid) if r["Type"] == "Study"]
     series = []
     for s in rest("GET", f"/studies/{study}/series"):
-        instances = s["Instances"]
-        tags = rest("GET", f"/instances/{instances[0]}/tags?short")
+        instances = rest("GET", f"/series/{s['ID']}/instances")
+        tags = rest("GET", f"/instances/{instances[0]['ID']}/tags?short")
         series.append({"modality": s["MainDicomTags"].get("Modality"), "instances": len(instances),
+                       "sop_uids": sorted(i["MainDicomTags"]["SOPInstanceUID"] for i in instances),
                        "series_uid": s["MainDicomTags"]["SeriesInstanceUID"], "tags": tags})
-    return {"study_uid": study_uid, "series": series}
+    stats = rest("GET", "/statistics")
+    return {"study_uid": study_uid, "series": series,
+            "statistics": {k: stats[k] for k in ("CountStudies", "CountSeries", "CountInstances")}}
+
+
+def written_by(node: Node, jobs: list[Any]) -> dict[str, list[str]]:
+    """What the node wrote for its jobs (MR series and companions): series UID -> SOP Instance UIDs."""
+    import pydicom
+
+    written: dict[str, list[str]] = {}
+    for job in jobs:
+        for path in sorted((node.spool.output / str(job.id)).glob("*.dcm")):
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            written.setdefault(str(ds.SeriesInstanceUID), []).append(str(ds.SOPInstanceUID))
+    return {uid: sorted(sops) for uid, sops in written.items()}
 
 
 def main() -> int:
@@ -119,6 +135,7 @@ def main() -> int:
         report = study_report(study_uid)
         report["jobs"] = [{"state": j.state, "reason": j.reason} for j in jobs]
         report["ct_instances"] = len(ct)
+        report["written"] = written_by(node, jobs)
         print(json.dumps(report))
     finally:
         if node is not None:

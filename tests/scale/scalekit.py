@@ -115,20 +115,29 @@ def require_postgres() -> None:
 
 
 class Postgres:
-    """A throw-away PostgreSQL server: ``initdb`` in ``folder``, a free loopback port, trust auth.
+    """A throw-away PostgreSQL server: ``initdb`` in ``folder``, a free loopback port.
 
+    Trust authentication, or with ``password`` the server's ``scram-sha-256`` for every
+    connection (user ``postgres``): then only that password gets in, and the URLs this class
+    gives out carry none (the node must get it from ``job_store.password_env``/``password_file``).
     As root the server runs as the ``postgres`` user (it refuses root), so the folder is given
     to that user. ``stop()``/``start()`` restart it (a fast shutdown, as an admin's restart)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, password: str | None = None) -> None:
         self.folder = folder
         self.data = folder / "data"
         self.port = free_port()
+        self.password = password
         folder.mkdir(parents=True, exist_ok=True)
 
     @property
     def url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/ct2mri"
+
+    def _connect(self, url: str) -> Any:
+        import psycopg
+
+        return psycopg.connect(url, autocommit=True, password=self.password)
 
     def _run(self, *args: str) -> None:
         command = [str(PG_BIN / args[0]), *args[1:]]
@@ -139,9 +148,21 @@ class Postgres:
     def init(self) -> Postgres:
         if os.geteuid() == 0:
             shutil.chown(self.folder, "postgres", "postgres")
-        self._run("initdb", "-D", str(self.data), "--auth=trust", "-U", "postgres", "-E", "UTF8")
+        auth = ["--auth=trust"]
+        pwfile = self.folder / "pwfile"
+        if self.password is not None:
+            pwfile.write_text(self.password + "\n")
+            pwfile.chmod(0o600)
+            if os.geteuid() == 0:
+                shutil.chown(pwfile, "postgres", "postgres")
+            auth = ["--auth=scram-sha-256", f"--pwfile={pwfile}"]
+        try:
+            self._run("initdb", "-D", str(self.data), *auth, "-U", "postgres", "-E", "UTF8")
+        finally:
+            pwfile.unlink(missing_ok=True)
         self.start()
-        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "ct2mri")
+        with self._connect(self.url.rsplit("/", 1)[0] + "/postgres") as conn:
+            conn.execute("CREATE DATABASE ct2mri")
         return self
 
     def start(self) -> None:
@@ -164,11 +185,9 @@ class Postgres:
 
     def database(self) -> str:
         """A new, empty database on this server; its URL (one per test keeps tests apart)."""
-        import psycopg
-
         self._databases = getattr(self, "_databases", 0) + 1
         name = f"t{self._databases}"
-        with psycopg.connect(self.url, autocommit=True) as conn:
+        with self._connect(self.url) as conn:
             conn.execute(f"CREATE DATABASE {name}")
         return self.url.rsplit("/", 1)[0] + "/" + name
 
@@ -179,10 +198,10 @@ class Postgres:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def start_postgres() -> Postgres:
+def start_postgres(password: str | None = None) -> Postgres:
     """A fresh server in a new folder under the system temporary folder (pytest's own folders are
-    private to root, and the server runs as ``postgres``)."""
-    return Postgres(Path(tempfile.mkdtemp(prefix="ct2mri-pg-"))).init()
+    private to root, and the server runs as ``postgres``); ``password``: scram-sha-256 for all."""
+    return Postgres(Path(tempfile.mkdtemp(prefix="ct2mri-pg-")), password).init()
 
 
 def send_all(port: int, series: list[list[Path]]) -> None:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from nodekit import CaptureSCP, free_port, make_ct_series, wait_for
 from relkit import job_states, send_until_acked
-from scalekit import Postgres, Redis, all_done, assert_exactly_once, receiver, scale_config, send_all, stop_all, worker
+from scalekit import (Postgres, Redis, all_done, assert_exactly_once, receiver, require_postgres, scale_config,
+                      send_all, start_postgres, stop_all, worker)
 
 from ct2mri_node.commands.status import open_store
 from ct2mri_node.config import parse_config
@@ -24,12 +26,6 @@ from ct2mri_node.errors import SpoolError
 from ct2mri_node.jobs.database import mask_url
 from ct2mri_node.jobs.queue import JobDispatch
 from ct2mri_node.jobs.store import JobStore, open_job_store
-
-
-
-
-
-
 
 
 def _config(tmp_path: Path, port: int, checkpoint: Path, redis: Redis, db_url: str, capture: CaptureSCP) -> Path:
@@ -166,9 +162,7 @@ def test_lease_taken_over_only_while_lapsed_on_postgres(postgres_server: Postgre
     assert store.get(job_id).attempts == 2 and first.lease(job_id)[0] == "b"
 
 
-def test_password_never_shown_and_bad_urls_refused(
-    tmp_path: Path, postgres_server: Postgres, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_password_never_shown_and_bad_urls_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     assert mask_url("postgresql://u:s3cret@h:5432/db") == "postgresql://u:***@h:5432/db"
     dead = f"postgresql://ct2mri:s3cret@127.0.0.1:{free_port()}/ct2mri"   # nothing listens there
     caplog.set_level(logging.DEBUG)
@@ -178,14 +172,47 @@ def test_password_never_shown_and_bad_urls_refused(
     assert "s3cret" not in caplog.text
     with pytest.raises(SpoolError, match="only SQLite paths and postgresql"):
         JobStore("mysql://u@h/db")
-    # the password from an environment variable reaches the server, not the messages
-    monkeypatch.setenv("CT2MRI_DB_PASSWORD", "unused-with-trust")
-    config = parse_config({"spool_dir": "spool", "job_store": {"url": postgres_server.database(),
-                                                                 "password_env": "CT2MRI_DB_PASSWORD"}}, tmp_path)
-    store = open_job_store(config)
-    assert store.enqueue("1.5", "1") == 1 and "unused-with-trust" not in caplog.text
     with pytest.raises(Exception, match="postgresql://USER"):
         parse_config({"job_store": {"url": "sqlite:///x"}}, tmp_path)
+
+
+@pytest.fixture
+def scram_server() -> Iterator[Postgres]:
+    """A server of this test's own that lets in only the password, by scram-sha-256."""
+    require_postgres()
+    server = start_postgres(password=SECRET)
+    yield server
+    server.remove()
+
+
+SECRET = "scram-s3cret-9f2"
+
+
+def test_password_reaches_a_scram_server_and_never_the_messages(
+    tmp_path: Path, scram_server: Postgres, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    url = scram_server.database()               # no password in it
+    assert SECRET not in url
+
+    def store_with(**job_store: object) -> JobStore:
+        config = parse_config({"spool_dir": "spool", "job_store": {"url": url, "connect_timeout_s": 0.5,
+                                                                     **job_store}}, tmp_path)
+        return open_job_store(config)
+
+    monkeypatch.setenv("CT2MRI_DB_PASSWORD", "not-the-password")
+    with pytest.raises(SpoolError, match="password authentication failed") as wrong:
+        store_with(password_env="CT2MRI_DB_PASSWORD")
+    assert "not-the-password" not in str(wrong.value)
+    with pytest.raises(SpoolError):              # no password at all: refused too
+        JobStore(url, connect_timeout_s=0.5)
+    # the right password from an environment variable, then from a file, gets in
+    monkeypatch.setenv("CT2MRI_DB_PASSWORD", SECRET)
+    assert store_with(password_env="CT2MRI_DB_PASSWORD").enqueue("1.5", "1") == 1
+    monkeypatch.delenv("CT2MRI_DB_PASSWORD")
+    (tmp_path / "db.password").write_text(SECRET + "\n")
+    assert [j.series_uid for j in store_with(password_file="db.password").list()] == ["1.5"]
+    assert SECRET not in caplog.text and "not-the-password" not in caplog.text
 
 
 def test_migrate_store_keeps_the_spools_history(tmp_path: Path, postgres_server: Postgres) -> None:
