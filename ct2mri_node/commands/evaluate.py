@@ -1,7 +1,9 @@
 """``ct2mri-node evaluate``: score a checkpoint on paired CT/MR cases.
 
-Masked MAE, PSNR and SSIM, the body correlation and, for cases with tissue labels, the T1w
-tissue-order score (``training.evaluate.METRIC_DEFINITION``).
+Masked MAE, PSNR and SSIM, the body correlation and, for cases with tissue labels, a per-tissue
+table, every T1w order check (a case passes only when all hold), the uniformity inside big tissues,
+the seam ratio of the sliding window and the older tissue-order fraction
+(``training.evaluate.METRIC_DEFINITION``).
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="translate every case of a SynthRAD-layout folder and score it against the real MR",
         description="For each <data>/<case>/{ct,mr,mask}: translate the CT, compute the masked MAE, "
         "PSNR, SSIM and correlation of the synthetic MR against the real MR and, when the case has "
-        "tissue labels (labels.nii.gz + labels.json), whether it orders the tissues as T1w does; "
-        "write a JSON report.",
+        "tissue labels (labels.nii.gz + labels.json), the mean and SD of each tissue, whether every "
+        "T1w order check holds (fluids dark, marrow bright, bone and air darkest, white > grey > CSF, "
+        "fat > muscle > urine), the uniformity inside white matter and muscle and the seam ratio at "
+        "the sliding window's patch edges; print a table and write a JSON report (key 'worst': the "
+        "worst case of each).",
     )
     parser.add_argument("--data", required=True, type=Path, help="folder of cases (SynthRAD layout)")
     parser.add_argument("--checkpoint", default="bundled", help="checkpoint folder (default: the bundled model)")

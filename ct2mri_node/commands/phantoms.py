@@ -38,8 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "(and labels.nii.gz/labels.json); synthetic data, not patients. Families: phantom (head and "
         "pelvis phantoms, folders case<i>_<kind>), randomised (domain-randomised head, pelvis, abdomen), "
         "icbm (heads with real brain anatomy from the ICBM152 2009a templates of nilearn: "
-        "pip install 'ct2mri-node[train]'), heldout (evaluation only); other families than phantom "
-        "write folders <family>_<i>_<kind>.",
+        "pip install 'ct2mri-node[train]'), heldout and independent (evaluation only: no training run "
+        "takes them); other families than phantom write folders <family>_<i>_<kind>.",
     )
     parser.add_argument("--out", required=True, type=Path, help="folder to write the cases into")
     parser.add_argument("--cases", required=True, type=int, help="number of cases")

@@ -2,13 +2,15 @@
 
 Each family is a module with ``KINDS`` (the anatomies it can draw) and
 ``generate_case(kind, seed, shape=None, spacing=None, name=None) -> PhantomCase`` (deterministic
-in ``seed``, with tissue labels). Training mixes the training families; ``heldout`` is kept for
-evaluation only: no training case ever comes from it.
+in ``seed``, with tissue labels). Training mixes the training families; ``heldout`` and
+``independent`` are kept for evaluation only: no training (or tuning) case ever comes from them.
 
 - ``phantom``: the first release's head and pelvis phantoms (fixed anatomy, ~6% shifted MR slices);
 - ``randomised``: domain randomisation, random tissue layouts and per-case tissue values (SynthSeg-style);
 - ``icbm``: real brain anatomy from the ICBM152 2009a templates shipped in the nilearn wheel;
-- ``heldout``: a separate generator for evaluation only.
+- ``heldout``: a separate generator for evaluation only;
+- ``independent``: plain ellipsoid blocks without texture, another shape language again, for
+  evaluation only.
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ FAMILIES: dict[str, str] = {
     "randomised": "ct2mri_node.training.randomised",
     "icbm": "ct2mri_node.training.icbm",
     "heldout": "ct2mri_node.training.heldout",
+    "independent": "ct2mri_node.training.independent",
 }
-#: Families that training data is drawn from (``heldout`` never is).
+#: Families that training data is drawn from (the evaluation families never are).
 TRAINING_FAMILIES: tuple[str, ...] = ("phantom", "randomised", "icbm")
+#: Families for evaluation only (training refuses their cases, ``prepared.check_training_family``).
+EVALUATION_FAMILIES: tuple[str, ...] = tuple(name for name in FAMILIES if name not in TRAINING_FAMILIES)
 
 
 def family(name: str) -> ModuleType:

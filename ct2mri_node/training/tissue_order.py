@@ -101,7 +101,7 @@ def tissue_order(prediction: np.ndarray, labels: np.ndarray, names: dict[int, st
                  mask: np.ndarray) -> dict[str, Any]:
     """Which expected T1w orderings between the case's tissues hold (module docstring)."""
     medians = tissue_medians(prediction, labels, names, mask)
-    checks = []
+    checks: list[dict[str, Any]] = []
     for brighter, darker in EXPECTED_ORDER:
         if brighter in medians and darker in medians:
             checks.append({"brighter": brighter, "darker": darker, "brighter_median": medians[brighter],

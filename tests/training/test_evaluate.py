@@ -17,9 +17,12 @@ from ct2mri_node.model import testing  # the tiny checkpoint
 from ct2mri_node.training.phantoms import write_phantoms
 
 CASE_KEYS = {"name", "mae", "psnr", "ssim", "network_evaluations", "seconds", "montage", "correlation",
-             "tissue_order"}
-MEAN_KEYS = {"mae", "psnr", "ssim", "network_evaluations", "seconds", "correlation", "tissue_order_cases"}
-REPORT_KEYS = {"data", "model", "settings", "device", "metric_definition", "cases", "mean", "peak_memory"}
+             "tissue_order", "tissue_table", "t1w", "uniformity", "seam_ratio"}
+MEAN_KEYS = {"mae", "psnr", "ssim", "network_evaluations", "seconds", "correlation", "tissue_order_cases",
+             "t1w_cases"}
+OPTIONAL_MEAN_KEYS = {"tissue_order", "t1w_all_held", "uniformity", "seam_ratio"}
+REPORT_KEYS = {"data", "model", "settings", "device", "metric_definition", "cases", "mean", "worst", "peak_memory"}
+WORST_KEYS = {"t1w_all_held", "t1w_failed_cases", "correlation", "uniformity", "seam_ratio"}
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +59,14 @@ def test_evaluate_reports_every_case_with_finite_numbers(setup: tuple[Path, Path
         assert order["held"] + len(order["failed"]) == order["total"]
         assert order["score"] is None if order["total"] == 0 else order["score"] == order["held"] / order["total"]
     assert loaded["mean"]["mae"] == pytest.approx(sum(c["mae"] for c in loaded["cases"]) / 2)
-    assert MEAN_KEYS <= set(loaded["mean"]) <= MEAN_KEYS | {"tissue_order"}
+    assert MEAN_KEYS <= set(loaded["mean"]) <= MEAN_KEYS | OPTIONAL_MEAN_KEYS
+    assert set(loaded["worst"]) == WORST_KEYS
+    assert loaded["worst"]["correlation"] == pytest.approx(min(c["correlation"] for c in loaded["cases"]))
+    for case in loaded["cases"]:
+        t1w = case["t1w"]
+        assert set(t1w) == {"held", "total", "all_held", "failed"} and t1w["held"] + len(t1w["failed"]) == t1w["total"]
+        assert set(case["uniformity"]) >= {"min"}
+    assert "T1w checks" in loaded["metric_definition"] and "Seam ratio" in loaded["metric_definition"]
     assert loaded["mean"]["correlation"] == pytest.approx(sum(c["correlation"] for c in loaded["cases"]) / 2)
     scores = [c["tissue_order"]["score"] for c in loaded["cases"] if c["tissue_order"]["score"] is not None]
     assert loaded["mean"]["tissue_order_cases"] == len(scores)
@@ -67,16 +77,21 @@ def test_evaluate_reports_every_case_with_finite_numbers(setup: tuple[Path, Path
     assert loaded["peak_memory"]["process_max_rss_bytes"] > 10 * 2**20
     table = format_table(loaded)
     assert "case000_head" in table and "mean" in table and " r " in table and "order" in table
+    assert "T1w" in table and "unif" in table and "seam" in table and "worst:" in table
 
 
 class _Echo:
-    """A stand-in translator that returns a fixed volume as the synthetic MR."""
+    """A stand-in translator that returns a fixed volume as the synthetic MR (and, given, window edges)."""
 
-    def __init__(self, volume: np.ndarray) -> None:
+    def __init__(self, volume: np.ndarray, edges: list[np.ndarray] | None = None) -> None:
         self.volume = volume
+        self.edges = edges
 
     def translate(self, ct: np.ndarray, spacing: tuple[float, float, float]) -> SimpleNamespace:
-        return SimpleNamespace(mr=self.volume, network_evaluations=1, seconds=0.0)
+        result = SimpleNamespace(mr=self.volume, network_evaluations=1, seconds=0.0)
+        if self.edges is not None:
+            result.window_edges = tuple(self.edges)
+        return result
 
 
 def test_case_scores_with_labels_perfect_and_inverted(tmp_path: Path) -> None:
@@ -103,6 +118,48 @@ def test_case_scores_with_labels_perfect_and_inverted(tmp_path: Path) -> None:
               "peak_memory": {"process_max_rss_bytes": 2**20}}
     table = format_table(report)  # an old report's mean (no correlation/order) still formats
     assert "tissue order fails" in table and "white_matter > grey_matter" in table
+
+
+def test_independent_case_checks_in_the_report_and_table(tmp_path: Path) -> None:
+    """The truth of an independent case passes every check; tiles of offsets and bright CSF are caught."""
+    from ct2mri_node.training.evaluate import _mean, _worst, evaluate_case, format_table
+    from ct2mri_node.training.families import write_family
+    from ct2mri_node.training.pairs import load_case, load_labels
+
+    folder = write_family(tmp_path, "independent", 1, seed=3, kinds=("adult_head",))[0]
+    case, labels = load_case(folder), load_labels(folder)
+    assert labels is not None
+    edges = [np.arange(16, n, 16) - 0.5 for n in case.mr.shape]
+    truth = evaluate_case(_Echo(case.mr, edges), case, labels=labels)
+    assert truth.t1w is not None and truth.t1w["all_held"] is True and truth.t1w["total"] >= 10
+    assert truth.uniformity is not None and truth.uniformity["min"] >= 3.0
+    assert truth.seam_ratio == pytest.approx(1.0, abs=0.05)
+    assert truth.tissue_table is not None and truth.tissue_table["csf"]["synthetic_mean"] == pytest.approx(
+        truth.tissue_table["csf"]["true_mean"])
+    tiles = np.indices(case.mr.shape) // 16
+    offsets = np.random.default_rng(0).normal(0.0, 0.08, tuple(int(t.max()) + 1 for t in tiles))
+    tiled = evaluate_case(_Echo((case.mr * (1.0 + offsets[tiles[0], tiles[1], tiles[2]])).astype(np.float32),
+                                edges), case, labels=labels)
+    assert tiled.seam_ratio is not None and tiled.seam_ratio > 1.3
+    bright = case.mr.copy()
+    bright[labels[0] == next(k for k, v in labels[1].items() if v == "csf")] = 2.0 * case.mr.max()
+    wrong = evaluate_case(_Echo(bright), case, labels=labels)  # no window edges: no seam ratio
+    assert wrong.t1w is not None and wrong.t1w["all_held"] is False and "grey_matter > csf" in wrong.t1w["failed"]
+    assert wrong.seam_ratio is None
+    results = [truth, tiled, wrong]
+    mean, worst = _mean(results), _worst(results)
+    assert mean["t1w_all_held"] == pytest.approx(2 / 3) and mean["t1w_cases"] == 3
+    assert mean["seam_ratio"] == pytest.approx((truth.seam_ratio + tiled.seam_ratio) / 2)
+    assert worst["t1w_all_held"] is False and worst["t1w_failed_cases"] == [case.name]
+    assert worst["seam_ratio"] == tiled.seam_ratio
+    assert worst["uniformity"] == min(r.uniformity["min"] for r in results if r.uniformity)
+    report = {"cases": [asdict(r) for r in results], "mean": mean, "worst": worst,
+              "model": {"name": "m", "version": "1", "architecture": "a"}, "device": "cpu",
+              "peak_memory": {"process_max_rss_bytes": 2**20}}
+    json.dumps(report, allow_nan=False)
+    table = format_table(report)
+    assert "T1w checks fail grey_matter > csf" in table and "NOT every case" in table
+    assert "synthetic mean +- SD" in table and "white_matter" in table
 
 
 def test_evaluate_command(setup: tuple[Path, Path]) -> None:
