@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spacing", type=float, default=4.0, help="model spacing for --random (mm)")
     parser.add_argument("--base-channels", type=int, default=16, help="width for --random")
     parser.add_argument("--arch", default="enhanced", help="architecture for --random")
+    parser.add_argument("--patch", type=int, default=DEMO_PATCH, help="patch edge for --random (voxels)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     parser.add_argument("--sweep", default="", help="comma-separated sample counts, e.g. 1,4,8")
     args = parser.parse_args(argv)
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.random:  # random weights in the demo config (timing only; output meaningless)
         checkpoint = make_tiny_checkpoint(
             tempfile.mkdtemp(), args.arch, network=network_config(args.arch, base_channels=args.base_channels),
-            spacing_mm=(args.spacing,) * 3, patch_size=(DEMO_PATCH,) * 3,
+            spacing_mm=(args.spacing,) * 3, patch_size=(args.patch,) * 3,
         )
     elif args.tiny:
         checkpoint = make_tiny_checkpoint(tempfile.mkdtemp())

@@ -23,6 +23,7 @@ COMMANDS: tuple[str, ...] = (
     "worker",
     "translate",
     "phantoms",
+    "prepare",
     "train",
     "evaluate",
     "check_config",
@@ -36,7 +37,7 @@ COMMANDS: tuple[str, ...] = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Sequence[str] = COMMANDS) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ct2mri-node",
         description="DICOM node that turns CT series into synthetic MR series (NOT FOR DIAGNOSIS).",
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-json", action="store_true", help="write log records as JSON lines")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
+    for name in commands:
         importlib.import_module(f".commands.{name}", __package__).register(sub)
     return parser
 
@@ -71,8 +72,11 @@ def configure_logging(level: str, json_format: bool = False) -> None:
     logging.getLogger("pynetdicom").setLevel(max(logging.getLevelName(level), logging.WARNING))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, commands: Sequence[str] = COMMANDS) -> int:
+    """Run one command; ``commands`` limits the parser to those modules (``python -m
+    ct2mri_node.commands.train`` imports only what training needs: a GPU host without the node's
+    DICOM and web dependencies can run it)."""
+    parser = build_parser(commands)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)

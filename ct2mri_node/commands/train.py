@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 from pathlib import Path
 from types import FrameType
 
@@ -22,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "Run state is saved in --out every --val-every iterations and on exit; the same command resumes. "
         "The checkpoint (model.safetensors + card.json) is written into --out at the end.",
     )
-    parser.add_argument("--data", required=True, type=Path, help="folder of cases (SynthRAD layout)")
+    parser.add_argument("--data", required=True, type=Path,
+                        help="folder of cases (SynthRAD layout), or a prepared folder (`ct2mri-node prepare`)")
     parser.add_argument("--out", required=True, type=Path, help="checkpoint directory (created; resumes if present)")
     parser.add_argument("--arch", default="enhanced", choices=["enhanced", "ddpm", "unet"], help="network (default enhanced)")
     parser.add_argument("--iterations", type=int, default=2000, help="total iterations (default 2000)")
@@ -38,6 +40,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         help="diffusion sampling the model is trained for: refine (estimate, then DDIM from t0; "
                         "default for enhanced) or noise (from Gaussian noise; default for ddpm)")
     parser.add_argument("--t0", type=int, default=400, help="refine: timestep sampling starts from (default 400 of 1000)")
+    parser.add_argument("--estimate-fraction", type=float, default=0.5,
+                        help="refine: share of each batch trained as the one-pass estimate (default 0.5)")
+    parser.add_argument("--ct-input", choices=["windows", "linear"], default="windows",
+                        help="CT input: one channel per window (brain, soft tissue, bone, full range; default) "
+                        "or one linear -1024..2000 HU channel (model 0.2)")
+    parser.add_argument("--norm", choices=["batch", "group"], default="batch",
+                        help="feature normalisation: batch (fixed statistics at inference; default) or group (model 0.2)")
+    parser.add_argument("--mr-norm", choices=["fat", "percentile"], default="fat",
+                        help="MR target: anchored on fat (default) or per-case 1st/99th percentiles (model 0.2)")
+    parser.add_argument("--levels", type=int, default=3, help="resolution levels of the network (default 3)")
+    parser.add_argument("--device", default="cpu",
+                        help="auto, cpu, cuda or cuda:N (default cpu); on CUDA with bf16 autocast where the GPU "
+                        "has it, else fp16 with a gradient scaler; a run resumes on any device")
+    parser.add_argument("--max-minutes", type=float,
+                        help="stop after this many minutes (state saved, checkpoint written); the same command resumes")
+    parser.add_argument("--weights", choices=["float32", "float16"], default="float32", dest="weights_dtype",
+                        help="how the checkpoint stores its weights (float16: half the file; default float32)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--name", help="model name in the card (default ct2mri-<arch>-demo)")
     parser.set_defaults(func=run)
@@ -57,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         data=args.data, out=args.out, arch=args.arch, iterations=args.iterations, batch_size=args.batch_size,
         patch=args.patch, lr=args.lr, seed=args.seed, spacing_mm=args.spacing, base_channels=args.base_channels,
         val_every=args.val_every, name=args.name, method=args.method, t0=args.t0,
+        estimate_fraction=args.estimate_fraction, ct_input=args.ct_input, norm=args.norm, mr_norm=args.mr_norm,
+        levels=args.levels, device=args.device, max_minutes=args.max_minutes, weights_dtype=args.weights_dtype,
     )
     if args.threads:
         import torch
@@ -73,3 +94,11 @@ def run(args: argparse.Namespace) -> int:
     rate = (outcome.iterations - outcome.resumed_from) / outcome.seconds if outcome.seconds else 0.0
     print(f"checkpoint written to {path} ({outcome.iterations} iterations, {rate:.2f} it/s this run)")
     return 0
+
+
+if __name__ == "__main__":
+    from ..cli import main
+
+    argv = sys.argv[1:]
+    sys.argv = [sys.argv[0], "train", *argv]  # the card's training_command reads `ct2mri-node train ...`
+    sys.exit(main(["--log-level", "INFO", "train", *argv], commands=("train",)))

@@ -26,9 +26,24 @@ def group_count(channels: int) -> int:
     return 1
 
 
-def norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm, batch-size independent (training runs at batch 1-2)."""
-    return nn.GroupNorm(group_count(channels), channels)
+NORMS: tuple[str, ...] = ("batch", "group")
+
+
+def norm(channels: int, kind: str = "group") -> nn.Module:
+    """The feature normalisation of every block: ``batch`` or ``group``.
+
+    ``batch`` (BatchNorm, running statistics at inference) is the default of new models: its
+    statistics are fixed once trained, so every patch of a volume is normalised alike, the
+    absolute level of the CT survives, and sliding-window patches agree (no tiles; Buglakova et
+    al., ICCV 2025). ``group`` (GroupNorm, statistics of each patch) is what v0.2 models used:
+    it removes each patch's own mean and scale, so a uniform patch of fat, fluid or muscle looks
+    the same to the next layer.
+    """
+    if kind == "batch":
+        return nn.BatchNorm3d(channels)
+    if kind == "group":
+        return nn.GroupNorm(group_count(channels), channels)
+    raise ValueError(f"unknown normalisation {kind!r}; choose one of {', '.join(NORMS)}")
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -71,10 +86,10 @@ class ScaleShift(nn.Module):
 class ResBlock(nn.Module):
     """Plain residual block (two 3x3x3 convs, optional timestep scale/shift): the DDPM baseline."""
 
-    def __init__(self, cin: int, cout: int, emb_dim: int | None) -> None:
+    def __init__(self, cin: int, cout: int, emb_dim: int | None, norm_kind: str = "group") -> None:
         super().__init__()
-        self.norm1, self.conv1 = norm(cin), nn.Conv3d(cin, cout, 3, padding=1)
-        self.norm2, self.conv2 = norm(cout), nn.Conv3d(cout, cout, 3, padding=1)
+        self.norm1, self.conv1 = norm(cin, norm_kind), nn.Conv3d(cin, cout, 3, padding=1)
+        self.norm2, self.conv2 = norm(cout, norm_kind), nn.Conv3d(cout, cout, 3, padding=1)
         self.film = ScaleShift(emb_dim, cout) if emb_dim else None
         self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
 
@@ -97,13 +112,13 @@ class TransformBlock(nn.Module):
     as FiLM scale/shift after the fusion; the block is residual.
     """
 
-    def __init__(self, cin: int, cout: int, emb_dim: int | None) -> None:
+    def __init__(self, cin: int, cout: int, emb_dim: int | None, norm_kind: str = "group") -> None:
         super().__init__()
-        self.norm_in = norm(cin)
+        self.norm_in = norm(cin, norm_kind)
         self.local = nn.Conv3d(cin, cout, 3, padding=1)
         self.coarse = nn.Conv3d(cin, cout, 3, padding=1)
         self.fuse = nn.Conv3d(2 * cout, cout, 1)
-        self.norm_mid = norm(cout)
+        self.norm_mid = norm(cout, norm_kind)
         self.film = ScaleShift(emb_dim, cout) if emb_dim else None
         self.out = nn.Conv3d(cout, cout, 3, padding=1)
         self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
@@ -128,11 +143,11 @@ class MemoryBlock(nn.Module):
     Nothing is ever computed pairwise over voxels, so memory is linear in the voxel count.
     """
 
-    def __init__(self, channels: int, grid: int = 4, emb_dim: int | None = None) -> None:
+    def __init__(self, channels: int, grid: int = 4, emb_dim: int | None = None, norm_kind: str = "group") -> None:
         super().__init__()
         tokens = grid**3
         self.grid = grid
-        self.norm = norm(channels)
+        self.norm = norm(channels, norm_kind)
         self.token_norm = nn.LayerNorm(channels)
         self.token_mix = nn.Sequential(nn.Linear(tokens, tokens), nn.GELU(), nn.Linear(tokens, tokens))
         self.channel_norm = nn.LayerNorm(channels)

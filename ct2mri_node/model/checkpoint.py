@@ -51,6 +51,10 @@ class ModelCard:
     evaluation: dict[str, Any] = field(default_factory=dict)
     sampling: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SAMPLING))
     card_version: int = CARD_VERSION
+    #: Numerical precision of the training run's forward passes: "fp32", "bf16" or "fp16".
+    training_precision: str = "fp32"
+    #: How the weights are stored: "float32", or "float16" (half the file; loaded into float32).
+    weights_dtype: str = "float32"
 
     @property
     def prediction_type(self) -> str:
@@ -113,7 +117,11 @@ def save_checkpoint(directory: str | os.PathLike[str], card: ModelCard, network:
     """Write weights and card into ``directory`` (created); files replaced atomically."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    store = {"float32": torch.float32, "float16": torch.float16}.get(card.weights_dtype)
+    if store is None:
+        raise CheckpointError(f"weights_dtype must be float32 or float16, got {card.weights_dtype!r}")
+    state = {k: (v.detach().cpu().to(store) if v.is_floating_point() else v.detach().cpu()).contiguous()
+             for k, v in network.state_dict().items()}
     tmp_w = out / (WEIGHTS + ".tmp")
     # One metadata key only: safetensors writes a metadata map in hash order, so two keys would
     # make the file's bytes (and so the weight hash) differ between runs for the same weights.

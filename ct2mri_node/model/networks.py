@@ -4,15 +4,19 @@ All three share one encoder/decoder skeleton (``levels`` resolution levels, chan
 ``base_channels * mults[i]``, skip connections) and differ only in their blocks:
 
 - ``enhanced``: transform blocks everywhere, memory block at the bottleneck (and optionally at
-  the lowest decoder level), timestep embedding; input concat(noisy MR, CT), output v.
+  the lowest decoder level), timestep embedding; input concat(noisy MR, CT channels), output v.
 - ``ddpm``: plain residual blocks, timestep embedding; same input/output.
-- ``unet``: plain residual blocks, no timestep; input CT, output MR in one pass (L1 regression).
+- ``unet``: plain residual blocks, no timestep; input the CT channels, output MR in one pass (L1 regression).
+
+``ct_channels`` is the number of CT windows the input carries (1 in v0.2 models) and ``norm`` the
+feature normalisation (``batch`` for new models, ``group`` in v0.2 models; see :func:`blocks.norm`).
 
 The config dict is stored with the weights (card.json), so a checkpoint rebuilds its network.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError
-from .blocks import MemoryBlock, ResBlock, TimeEmbedding, TransformBlock, norm
+from .blocks import NORMS, MemoryBlock, ResBlock, TimeEmbedding, TransformBlock, norm
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +39,11 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "blocks_per_level": 1,
     "memory_grid": 4,
     "memory_in_decoder": True,
+    "ct_channels": 4,
+    "norm": "batch",
 }
+#: What a stored config that predates a key meant by leaving it out (v0.2 cards).
+LEGACY_DEFAULTS: dict[str, Any] = {"ct_channels": 1, "norm": "group"}
 
 BlockFactory = Callable[[int, int, int | None], nn.Module]
 
@@ -45,7 +53,10 @@ def network_config(arch: str, **overrides: Any) -> dict[str, Any]:
     if arch not in ARCHITECTURES:
         raise CheckpointError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
     config = {**DEFAULT_CONFIG, **overrides}
-    config["in_channels"] = 1 if arch == "unet" else 2
+    if config["norm"] not in NORMS:
+        raise CheckpointError(f"unknown normalisation {config['norm']!r}; choose one of {', '.join(NORMS)}")
+    ct_channels = int(config["ct_channels"])
+    config["in_channels"] = ct_channels if arch == "unet" else ct_channels + 1
     config["out_channels"] = 1
     return config
 
@@ -90,8 +101,9 @@ class EncoderDecoder(nn.Module):
             if i < len(chans) - 1:
                 self.downs.append(nn.Conv3d(c, c, 3, stride=2, padding=1))
         grid = int(config.get("memory_grid", 4))
+        kind = str(config["norm"])
         self.mid1 = block(chans[-1], chans[-1], emb_dim)
-        self.mid_memory = MemoryBlock(chans[-1], grid, emb_dim) if memory else None
+        self.mid_memory = MemoryBlock(chans[-1], grid, emb_dim, kind) if memory else None
         self.mid2 = block(chans[-1], chans[-1], emb_dim)
         self.ups = nn.ModuleList()
         self.up_blocks = nn.ModuleList()
@@ -102,8 +114,8 @@ class EncoderDecoder(nn.Module):
                 self.ups.append(Upsample(cin))
             self.up_blocks.append(nn.ModuleList([block(cin + c if r == 0 else c, c, emb_dim) for r in range(reps)]))
         dec_memory = memory and bool(config.get("memory_in_decoder", False))
-        self.dec_memory = MemoryBlock(chans[-1], grid, emb_dim) if dec_memory else None
-        self.head = nn.Sequential(norm(chans[0]), nn.SiLU(), nn.Conv3d(chans[0], int(config["out_channels"]), 3, padding=1))
+        self.dec_memory = MemoryBlock(chans[-1], grid, emb_dim, kind) if dec_memory else None
+        self.head = nn.Sequential(norm(chans[0], kind), nn.SiLU(), nn.Conv3d(chans[0], int(config["out_channels"]), 3, padding=1))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
         emb = None
@@ -137,12 +149,14 @@ class EncoderDecoder(nn.Module):
 
 def build_network(arch: str, config: dict[str, Any]) -> nn.Module:
     """Build the network ``arch`` ("enhanced" | "ddpm" | "unet") from its stored config."""
-    full = network_config(arch, **{k: v for k, v in config.items() if k not in ("in_channels", "out_channels")})
-    if int(full["levels"]) < 1 or int(full["base_channels"]) < 1:
-        raise CheckpointError(f"invalid network config {config}: levels and base_channels must be >= 1")
+    stored = {**LEGACY_DEFAULTS, **config}
+    full = network_config(arch, **{k: v for k, v in stored.items() if k not in ("in_channels", "out_channels")})
+    if int(full["levels"]) < 1 or int(full["base_channels"]) < 1 or int(full["ct_channels"]) < 1:
+        raise CheckpointError(f"invalid network config {config}: levels, base_channels and ct_channels must be >= 1")
+    kind = str(full["norm"])
     if arch == "enhanced":
-        return EncoderDecoder(full, TransformBlock, timed=True, memory=True)
-    return EncoderDecoder(full, ResBlock, timed=arch == "ddpm", memory=False)
+        return EncoderDecoder(full, functools.partial(TransformBlock, norm_kind=kind), timed=True, memory=True)
+    return EncoderDecoder(full, functools.partial(ResBlock, norm_kind=kind), timed=arch == "ddpm", memory=False)
 
 
 def parameter_count(module: nn.Module) -> int:

@@ -1,10 +1,11 @@
-"""Pre- and post-processing around the network (numpy and SimpleITK only, no torch).
+"""Pre- and post-processing around the network (numpy and scipy only, no torch).
 
-Pre-processing: CT HU are clipped to ``[hu_min, hu_max]`` (default -1024..2000, air to dense
-bone) and mapped linearly to [-1, 1]; the volume is resampled in index space, axis by axis,
+Pre-processing: CT HU are clipped to the range of the card's CT windows and resampled in index
+space to the model spacing, axis by axis,
 one output slice at a time (an int16 CT is made float32 only slice by slice), from the CT
 spacing to the model spacing (orientation and origin are untouched, only the
-sample count per axis changes; voxel centres are aligned at the half-voxel convention).
+sample count per axis changes; voxel centres are aligned at the half-voxel convention); then
+each window (level, width) becomes one input channel in [-1, 1] (:class:`IntensityMapping`).
 
 Post-processing (after Ma, Chen & Liang 2026: "global normalisation + automatic contrast
 enhancement"):
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
+from scipy import ndimage
 
 from ..errors import InputError
 
@@ -40,36 +41,109 @@ MAX_12BIT = 4095
 BODY_THRESHOLD_HU = -500.0
 
 
-#: How training normalises the MR (``intensity["mr"]`` of a model card; descriptive only).
-MR_NORMALISATION = "per case, 1st/99th percentile inside the body mask -> [-1, 1], clipped"
+#: How the v0.2 models' training normalised the MR (``intensity["mr"]["method"]`` of their cards).
+MR_PERCENTILE = "per case, 1st/99th percentile inside the body mask -> [-1, 1], clipped"
+#: How training normalises the MR now: anchored on fat, a tissue whose T1w signal is stable.
+MR_FAT_ANCHOR = ("fat-anchored: the median MR over interior fat voxels (CT -150..-50 HU, eroded, in the body) "
+                 "maps to +0.6, zero signal to -1, clipped to [-1, 1]; 99th percentile as the anchor where "
+                 "there are fewer than 500 such voxels")
+MR_METHODS: dict[str, str] = {"fat": MR_FAT_ANCHOR, "percentile": MR_PERCENTILE}
+
+#: CT windows (level, width) in HU that the network sees as input channels, each mapped to [-1, 1]:
+#: brain (L40/W80), soft tissue (L40/W400), bone (L400/W1800) and the full range -1024..2000.
+#: One linear window gives soft tissues 0.01-0.03 input units apart, about the CT noise; the
+#: brain and soft-tissue windows spread them over the input range (as radiology networks do).
+DEFAULT_WINDOWS: tuple[tuple[float, float], ...] = ((40.0, 80.0), (40.0, 400.0), (400.0, 1800.0), (488.0, 3024.0))
+FAT_HU = (-150.0, -50.0)
+FAT_ANCHOR_VALUE = 0.6
+MIN_FAT_VOXELS = 500
 
 
 @dataclass(frozen=True)
 class IntensityMapping:
-    """Linear HU -> [-1, 1] mapping of the network input (stored in the checkpoint card)."""
+    """CT HU -> network input channels: one per window (level, width), each clipped and mapped
+    linearly to [-1, 1] (stored in the checkpoint card). A single window is the v0.2 mapping."""
 
-    hu_min: float = -1024.0
-    hu_max: float = 2000.0
+    windows: tuple[tuple[float, float], ...] = DEFAULT_WINDOWS
+
+    @classmethod
+    def linear(cls, hu_min: float = -1024.0, hu_max: float = 2000.0) -> IntensityMapping:
+        """One window mapping ``hu_min``..``hu_max`` to [-1, 1] (the v0.2 cards' mapping)."""
+        return cls((((hu_min + hu_max) / 2.0, hu_max - hu_min),))
 
     @classmethod
     def from_card(cls, intensity: Mapping[str, Any]) -> IntensityMapping:
-        """The CT mapping of a card's ``intensity`` section (the defaults for what it leaves out)."""
+        """The CT mapping of a card's ``intensity`` section: ``windows``, or a v0.2 card's
+        ``hu_min``/``hu_max`` (one window)."""
         ct = intensity.get("ct", {})
-        return cls(float(ct.get("hu_min", cls.hu_min)), float(ct.get("hu_max", cls.hu_max)))
+        if "windows" in ct:
+            windows = tuple((float(w["level"]), float(w["width"])) for w in ct["windows"])
+            if not windows or min(w for _, w in windows) <= 0:
+                raise InputError(f"the card's CT windows {ct['windows']} need at least one window of positive width")
+            return cls(windows)
+        return cls.linear(float(ct.get("hu_min", -1024.0)), float(ct.get("hu_max", 2000.0)))
 
-    def to_card(self) -> dict[str, Any]:
-        """The card's ``intensity`` section for this mapping (keys in card.json order)."""
+    @property
+    def channels(self) -> int:
+        """Number of input channels the CT becomes."""
+        return len(self.windows)
+
+    @property
+    def hu_range(self) -> tuple[float, float]:
+        """The HU range every window lies in (values outside change no channel)."""
+        return (min(level - width / 2.0 for level, width in self.windows),
+                max(level + width / 2.0 for level, width in self.windows))
+
+    def to_card(self, mr_method: str = "fat") -> dict[str, Any]:
+        """The card's ``intensity`` section for this mapping and the MR normalisation ``mr_method``."""
         return {
-            "ct": {"hu_min": float(self.hu_min), "hu_max": float(self.hu_max), "maps_to": [-1.0, 1.0],
-                   "method": "clip then linear"},
-            "mr": {"method": MR_NORMALISATION},
+            "ct": {"windows": [{"level": float(level), "width": float(width)} for level, width in self.windows],
+                   "maps_to": [-1.0, 1.0], "method": "per window: clip to level +- width/2, then linear"},
+            "mr": {"name": mr_method, "method": MR_METHODS[mr_method]},
         }
 
-    def normalise(self, hu: np.ndarray) -> np.ndarray:
-        """Clip to [hu_min, hu_max] and map linearly to [-1, 1] (float32; any input in float32)."""
+    def clip(self, hu: np.ndarray) -> np.ndarray:
+        """HU clipped to :attr:`hu_range` as float32 (the value resampled to the model grid)."""
+        low, high = self.hu_range
+        return np.clip(np.asarray(hu, dtype=np.float32), low, high)
+
+    def encode(self, hu: np.ndarray) -> np.ndarray:
+        """HU (any shape) -> (channels, *shape) float32 in [-1, 1], one channel per window."""
         hu = np.asarray(hu, dtype=np.float32)
-        x = (np.clip(hu, self.hu_min, self.hu_max) - self.hu_min) / (self.hu_max - self.hu_min)
-        return (x * 2.0 - 1.0).astype(np.float32)
+        out = np.empty((self.channels, *hu.shape), dtype=np.float32)
+        for c, (level, width) in enumerate(self.windows):
+            np.clip((hu - (level - width / 2.0)) * np.float32(2.0 / width) - np.float32(1.0), -1.0, 1.0, out=out[c])
+        return out
+
+
+def fat_anchor(mr: np.ndarray, ct_hu: np.ndarray, mask: np.ndarray) -> float:
+    """The MR signal of fat: median MR over interior fat voxels (CT in :data:`FAT_HU`, all six
+    neighbours too, inside ``mask``); the 99th percentile inside ``mask`` where there are fewer
+    than :data:`MIN_FAT_VOXELS` of them. Fat is bright and stable on T1w, so anchoring on it keeps
+    every tissue at a case-independent target value, which a patch can predict locally (a
+    percentile of the whole case cannot be seen from one patch)."""
+    fat = (ct_hu >= FAT_HU[0]) & (ct_hu <= FAT_HU[1]) & mask
+    interior = fat.copy()
+    for axis in range(3):
+        for step in (-1, 1):
+            interior &= np.roll(fat, step, axis=axis)
+    if int(interior.sum()) >= MIN_FAT_VOXELS:
+        return float(np.median(mr[interior]))
+    inside = mr[mask] if mask.any() else mr.ravel()
+    return float(np.percentile(inside, 99.0))
+
+
+def normalise_mr(mr: np.ndarray, ct_hu: np.ndarray, mask: np.ndarray, method: str = "fat") -> np.ndarray:
+    """The training target: MR on the model grid -> [-1, 1] float32 by ``method`` (:data:`MR_METHODS`)."""
+    if method == "percentile":
+        return (normalise_global(mr, mask) * 2.0 - 1.0).astype(np.float32)
+    if method != "fat":
+        raise InputError(f"unknown MR normalisation {method!r}; choose one of {', '.join(MR_METHODS)}")
+    anchor = fat_anchor(mr, ct_hu, mask)
+    if anchor <= 0:
+        raise InputError("the MR has no positive signal in the body; cannot anchor it on fat")
+    scaled = mr.astype(np.float32) * np.float32((FAT_ANCHOR_VALUE + 1.0) / anchor) - np.float32(1.0)
+    return np.clip(scaled, -1.0, 1.0).astype(np.float32)
 
 
 def model_shape(shape: tuple[int, ...], spacing: tuple[float, ...], model_spacing: tuple[float, ...]) -> tuple[int, ...]:
@@ -130,12 +204,13 @@ def resample(arr: np.ndarray, shape: tuple[int, ...],
 
 def to_model_grid(ct_hu: np.ndarray, mask: np.ndarray, grid: tuple[int, ...],
                   mapping: IntensityMapping) -> tuple[np.ndarray, np.ndarray]:
-    """The CT mapped to [-1, 1] and the body mask, both resampled to ``grid``.
+    """The CT in HU (clipped to the mapping's range) and the body mask, resampled to ``grid``.
 
     One place for what inference (the translator) and training (``prepare_case``) feed the
-    network, so both see the same input; slice by slice, without whole-volume float32 copies.
+    network, so both see the same input (``mapping.encode`` makes the channels); slice by slice,
+    without whole-volume float32 copies of the CT.
     """
-    return resample(ct_hu, grid, prepare=mapping.normalise), resample(mask, grid) > 0.5
+    return resample(ct_hu, grid, prepare=mapping.clip), resample(mask, grid) > 0.5
 
 
 def _resample_plane(plane: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -156,12 +231,13 @@ def check_ct(ct_hu: np.ndarray, min_size: int = 2) -> None:
 
 
 def body_mask(ct_hu: np.ndarray, threshold: float = BODY_THRESHOLD_HU) -> np.ndarray:
-    """Body mask: HU above ``threshold``, largest connected component, holes filled (bool)."""
-    img = sitk.GetImageFromArray((ct_hu > threshold).astype(np.uint8))
-    components = sitk.RelabelComponent(sitk.ConnectedComponent(img), sortByObjectSize=True)
-    largest = sitk.Equal(components, 1)
-    filled = sitk.BinaryFillhole(largest)
-    return sitk.GetArrayFromImage(filled).astype(bool)
+    """Body mask: HU above ``threshold``, largest 6-connected component, holes filled (bool)."""
+    labels, count = ndimage.label(ct_hu > threshold)
+    if count == 0:
+        return np.zeros(ct_hu.shape, dtype=bool)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return np.asarray(ndimage.binary_fill_holes(labels == int(np.argmax(sizes))), dtype=bool)
 
 
 def robust_range(values: np.ndarray, mask: np.ndarray, low: float = 1.0, high: float = 99.0) -> tuple[float, float]:

@@ -13,7 +13,9 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from monai.data.utils import dense_patch_slices
 from monai.inferers import sliding_window_inference
 from torch import nn
 
@@ -65,21 +67,36 @@ def windowed(network: nn.Module, volume: torch.Tensor, spec: WindowSpec, counter
     )
 
 
+def window_edges(shape: tuple[int, ...], spec: WindowSpec) -> tuple[np.ndarray, ...]:
+    """Per axis, the planes where the sliding window's patches start or end inside a volume of
+    ``shape``: positions in voxel-index units, a plane at ``k - 0.5`` lying between voxels k-1 and k
+    (the volume's own borders left out). The same windows as :func:`windowed` (MONAI's scan
+    interval ``int(roi * (1 - overlap))``, or the roi where it fills the axis)."""
+    roi = tuple(min(int(r), int(n)) for r, n in zip(spec.patch, shape))
+    interval = tuple(r if r == n else max(1, int(r * (1 - spec.overlap))) for r, n in zip(roi, shape))
+    slices = dense_patch_slices(shape, roi, interval)
+    edges = []
+    for axis, size in enumerate(shape):
+        planes = {float(b) - 0.5 for window in slices for b in (window[axis].start, window[axis].stop)}
+        edges.append(np.array(sorted(p for p in planes if 0.0 < p < size - 1.0), dtype=np.float64))
+    return tuple(edges)
+
+
 def windowed_samples(network: nn.Module, x: torch.Tensor, ct: torch.Tensor, spec: WindowSpec,
                      counter: EvalCounter, t: torch.Tensor) -> torch.Tensor:
     """``network([x_i, ct], t)`` for every sample ``x_i`` of ``x`` (N, 1, D, H, W) at once.
 
-    The N samples travel as channels of one volume through the sliding window, so each window
-    position is one network call with batch ``patches x N`` (the samples of one patch together);
-    the gaussian blending is per channel, so each sample is blended exactly as on its own.
-    Returns (N, 1, D, H, W).
+    ``ct`` is (1, C, D, H, W), one channel per CT window. The N samples travel as channels of one
+    volume through the sliding window, so each window position is one network call with batch
+    ``patches x N`` (the samples of one patch together); the gaussian blending is per channel, so
+    each sample is blended exactly as on its own. Returns (N, 1, D, H, W).
     """
-    n = x.shape[0]
-    packed = torch.cat([x, ct.expand(n, *ct.shape[1:])], dim=1).reshape(1, n * 2, *x.shape[2:])
+    n, per = x.shape[0], 1 + ct.shape[1]
+    packed = torch.cat([x, ct.expand(n, *ct.shape[1:])], dim=1).reshape(1, n * per, *x.shape[2:])
 
     def predictor(patch: torch.Tensor) -> torch.Tensor:
         b = patch.shape[0]
-        inputs = patch.reshape(b * n, 2, *patch.shape[2:])
+        inputs = patch.reshape(b * n, per, *patch.shape[2:])
         counter.count += inputs.shape[0]
         with _autocast(spec):
             out = network(inputs, t.to(patch.device).expand(inputs.shape[0]))
@@ -122,7 +139,7 @@ def sample_diffusion(network: nn.Module, ct: torch.Tensor, plan: SamplingPlan, s
 def diffusion_samples(network: nn.Module, ct: torch.Tensor, plan: SamplingPlan, spec: WindowSpec,
                       seeds: list[int], counter: EvalCounter,
                       progress: Progress | None = None, batch_samples: int = 0) -> torch.Tensor:
-    """Denoise from gaussian noise conditioned on ``ct`` (1, 1, D, H, W) in [-1, 1], once per seed;
+    """Denoise from gaussian noise conditioned on ``ct`` (1, C, D, H, W) in [-1, 1], once per seed;
     returns the samples (N, 1, D, H, W) in seed order.
 
     ``batch_samples`` samples (0: all) run together, one network call per window position; each
@@ -134,7 +151,7 @@ def diffusion_samples(network: nn.Module, ct: torch.Tensor, plan: SamplingPlan, 
     with torch.inference_mode():
         for chunk in _chunks(seeds, batch_samples or len(seeds)):
             generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in chunk]
-            x = torch.cat([torch.randn(ct.shape, generator=g, dtype=torch.float32, device=ct.device)
+            x = torch.cat([torch.randn(ct[:, :1].shape, generator=g, dtype=torch.float32, device=ct.device)
                            for g in generators])
             for t in _timesteps(plan):
                 pred = windowed_samples(network, x, ct, spec, counter, torch.tensor([t], dtype=torch.long))
@@ -149,7 +166,7 @@ def diffusion_samples(network: nn.Module, ct: torch.Tensor, plan: SamplingPlan, 
 def estimate(network: nn.Module, ct: torch.Tensor, plan: RefinePlan, spec: WindowSpec,
              counter: EvalCounter) -> torch.Tensor:
     """The model's deterministic estimate of x0: one pass at ``estimate_t`` with a zero noisy input."""
-    inputs = torch.cat([torch.zeros_like(ct), ct], dim=1)
+    inputs = torch.cat([torch.zeros_like(ct[:, :1]), ct], dim=1)
     t = torch.tensor([plan.estimate_t], dtype=torch.long)
     with torch.inference_mode():
         v = windowed(network, inputs, spec, counter, t)
@@ -184,7 +201,7 @@ def refine_samples(network: nn.Module, ct: torch.Tensor, plan: RefinePlan, spec:
     a0 = plan.alpha_bar(steps[0])
     with torch.inference_mode():
         for chunk in _chunks(seeds, batch_samples or len(seeds)):
-            noise = torch.cat([torch.randn(ct.shape, generator=torch.Generator(device="cpu").manual_seed(seed),
+            noise = torch.cat([torch.randn(ct[:, :1].shape, generator=torch.Generator(device="cpu").manual_seed(seed),
                                            dtype=torch.float32).to(ct.device) for seed in chunk])
             x = (a0 ** 0.5) * x0 + ((1.0 - a0) ** 0.5) * noise
             for t, t_prev in zip(steps[:-1], steps[1:]):

@@ -1,10 +1,13 @@
 """The torch training loop: random patches, AdamW, optional EMA, resumable state.
 
-Input is a list of :class:`PreparedCase` (CT and MR already on the model grid, both in
+Input is a list of :class:`PreparedCase` (CT channels and MR already on the model grid, all in
 [-1, 1]). Diffusion architectures learn the scheduler's target (v) from concat(x_t, CT);
 the regression UNet learns MR from CT with an L1 loss. The ``last.pt`` file in the run
 directory holds weights, optimiser, EMA, iteration and RNG states; a run started again with
-the same output directory resumes from it.
+the same output directory resumes from it, on any device (a run begun on the CPU goes on on a
+GPU and the other way). On CUDA the forward pass runs under autocast: bf16 where the GPU has
+it (no loss scaling needed), else fp16 with a gradient scaler. Patches and random numbers are
+drawn on the CPU, so a run's data does not depend on the device.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ MASK_BIAS = 0.9  # probability that a patch is centred on a body voxel
 
 @dataclass
 class PreparedCase:
-    """One training pair on the model grid: CT and MR in [-1, 1], body mask."""
+    """One training pair on the model grid: CT channels (C, z, y, x) and MR in [-1, 1], body mask."""
 
     name: str
     ct: np.ndarray
@@ -57,6 +60,8 @@ class TrainSettings:
     seed: int = 0
     val_every: int = 100
     ema_decay: float = 0.999
+    #: "cosine": the learning rate falls from ``lr`` to 5 % of it over ``iterations``; "constant".
+    lr_schedule: str = "cosine"
     sampling: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SAMPLING))
 
 
@@ -70,10 +75,13 @@ class TrainOutcome:
     val_losses: list[tuple[int, float]]
     seconds: float
     resumed_from: int
+    #: "fp32" (CPU), or the autocast dtype of a GPU run ("bf16", "fp16").
+    precision: str = "fp32"
 
 
 def _pad_to(arr: np.ndarray, size: int, value: float) -> np.ndarray:
-    pads = [(0, max(0, size - n)) for n in arr.shape]
+    """Pad the last three (spatial) axes to at least ``size``."""
+    pads = [(0, 0)] * (arr.ndim - 3) + [(0, max(0, size - n)) for n in arr.shape[-3:]]
     return np.pad(arr, pads, constant_values=value) if any(p[1] for p in pads) else arr
 
 
@@ -94,7 +102,7 @@ class PatchSampler:
         self._body = [np.argwhere(c.mask) for c in self.cases]
 
     def _corner(self, rng: np.random.Generator, index: int) -> tuple[int, ...]:
-        shape = self.cases[index].ct.shape
+        shape = self.cases[index].mask.shape
         body = self._body[index]
         if len(body) and rng.random() < MASK_BIAS:
             centre = body[rng.integers(len(body))]
@@ -103,15 +111,15 @@ class PatchSampler:
         return tuple(int(np.clip(c - self.patch // 2, 0, n - self.patch)) for c, n in zip(centre, shape))
 
     def batch(self, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ct, mr) patches, each (size, 1, P, P, P) float32."""
+        """(ct, mr) patches: (size, C, P, P, P) and (size, 1, P, P, P) float32."""
         cts, mrs = [], []
         for _ in range(size):
             i = int(rng.integers(len(self.cases)))
             z, y, x = self._corner(rng, i)
             sl = np.s_[z:z + self.patch, y:y + self.patch, x:x + self.patch]
-            cts.append(self.cases[i].ct[sl])
+            cts.append(self.cases[i].ct[(slice(None), *sl)])
             mrs.append(self.cases[i].mr[sl])
-        return torch.from_numpy(np.stack(cts)[:, None].copy()), torch.from_numpy(np.stack(mrs)[:, None].copy())
+        return torch.from_numpy(np.stack(cts)), torch.from_numpy(np.stack(mrs)[:, None].copy())
 
 
 class Objective:
@@ -135,37 +143,54 @@ class Objective:
         self.t0 = int(sampling.get("t0", 0))
         self.estimate_fraction = float(sampling.get("estimate_fraction", 0.5))
 
-    def loss(self, network: nn.Module, ct: torch.Tensor, mr: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def loss(self, network: nn.Module, ct: torch.Tensor, mr: torch.Tensor, gen: torch.Generator,
+             autocast: torch.dtype | None = None) -> torch.Tensor:
+        """The batch loss (float32). ``ct`` and ``mr`` are on the network's device; random numbers
+        come from ``gen`` on the CPU; ``autocast`` runs the forward pass in that dtype."""
+        run = _Forward(network, ct.device, autocast)
         if self.scheduler is None:
-            return F.l1_loss(network(ct, None), mr)
+            return F.l1_loss(run(ct, None), mr)
         if self.refine:
-            return self._refine_loss(network, ct, mr, gen)
-        noise = torch.randn(mr.shape, generator=gen)
-        t = torch.randint(0, self.scheduler.num_train_timesteps, (mr.shape[0],), generator=gen)
+            return self._refine_loss(run, ct, mr, gen)
+        noise = torch.randn(mr.shape, generator=gen).to(mr.device)
+        t = torch.randint(0, self.scheduler.num_train_timesteps, (mr.shape[0],), generator=gen).to(mr.device)
         noisy = self.scheduler.add_noise(mr, noise, t)
         target = training_target(self.scheduler, mr, noise, t)
-        return F.mse_loss(network(torch.cat([noisy, ct], dim=1), t), target)
+        return F.mse_loss(run(torch.cat([noisy, ct], dim=1), t), target)
 
-    def _refine_loss(self, network: nn.Module, ct: torch.Tensor, mr: torch.Tensor,
+    def _refine_loss(self, run: _Forward, ct: torch.Tensor, mr: torch.Tensor,
                      gen: torch.Generator) -> torch.Tensor:
         scheduler = self.scheduler
         if scheduler is None:
             raise CheckpointError("the refine objective needs a diffusion architecture")
-        batch = mr.shape[0]
+        batch, device = mr.shape[0], mr.device
         last = scheduler.num_train_timesteps - 1
-        is_estimate = torch.rand(batch, generator=gen) < self.estimate_fraction
-        noise = torch.randn(mr.shape, generator=gen)
-        t = torch.randint(1, self.t0 + 1, (batch,), generator=gen)
+        is_estimate = (torch.rand(batch, generator=gen) < self.estimate_fraction).to(device)
+        noise = torch.randn(mr.shape, generator=gen).to(device)
+        t = torch.randint(1, self.t0 + 1, (batch,), generator=gen).to(device)
         t = torch.where(is_estimate, torch.full_like(t, last), t)
         noisy = scheduler.add_noise(mr, noise, t)
         noisy = torch.where(is_estimate[:, None, None, None, None], torch.zeros_like(noisy), noisy)
-        v = network(torch.cat([noisy, ct], dim=1), t)
+        v = run(torch.cat([noisy, ct], dim=1), t)
         target = training_target(scheduler, mr, noise, t)
-        alpha = scheduler.alphas_cumprod[t].to(v.dtype)[:, None, None, None, None]
+        alpha = scheduler.alphas_cumprod.to(device)[t].to(v.dtype)[:, None, None, None, None]
         x0 = alpha.sqrt() * noisy - (1 - alpha).sqrt() * v
         per_estimate = (x0 - mr).abs().flatten(1).mean(1)
         per_refine = (v - target).pow(2).flatten(1).mean(1)
         return torch.where(is_estimate, per_estimate, per_refine).mean()
+
+
+class _Forward:
+    """``network(x, t)`` under autocast (when a dtype is given), output as float32."""
+
+    def __init__(self, network: nn.Module, device: torch.device, dtype: torch.dtype | None) -> None:
+        self.network, self.device, self.dtype = network, device, dtype
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
+        if self.dtype is None:
+            return self.network(x, t).float()
+        with torch.autocast(device_type=self.device.type, dtype=self.dtype):
+            return self.network(x, t).float()
 
 
 def _rng_state(rng: np.random.Generator, gen: torch.Generator) -> dict[str, Any]:
@@ -189,7 +214,7 @@ def _load_state(path: Path, settings: TrainSettings) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, weights_only=False, map_location="cpu")
     except (OSError, RuntimeError, EOFError) as exc:
         raise CheckpointError(f"{path}: cannot resume from a corrupt training state ({exc}); delete it to restart") from exc
     saved = state.get("settings", {})
@@ -201,28 +226,69 @@ def _load_state(path: Path, settings: TrainSettings) -> dict[str, Any] | None:
 
 
 def _validate(network: nn.Module, objective: Objective, batches: list[tuple[torch.Tensor, torch.Tensor]],
-              seed: int) -> float:
+              seed: int, device: torch.device, autocast: torch.dtype | None) -> float:
     gen = torch.Generator().manual_seed(seed)
     network.eval()
     with torch.no_grad():
-        total = sum(float(objective.loss(network, ct, mr, gen)) for ct, mr in batches)
+        total = sum(float(objective.loss(network, ct.to(device), mr.to(device), gen, autocast)) for ct, mr in batches)
     network.train()
     return total / max(1, len(batches))
 
 
 def _ema_update(ema: nn.Module, network: nn.Module, decay: float) -> None:
+    """Exponential moving average of the parameters; buffers (BatchNorm's running statistics)
+    are copied, so the averaged network normalises with the statistics the training reached."""
     with torch.no_grad():
         for e, p in zip(ema.parameters(), network.parameters()):
             e.lerp_(p, 1.0 - decay)
+        for eb, b in zip(ema.buffers(), network.buffers()):
+            eb.copy_(b)
+
+
+def learning_rate(settings: TrainSettings, iteration: int) -> float:
+    """The learning rate at ``iteration``: constant, or cosine from ``lr`` down to 5 % of it."""
+    if settings.lr_schedule == "constant":
+        return settings.lr
+    progress = min(1.0, iteration / max(1, settings.iterations))
+    return settings.lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def resolve_training_device(name: str) -> tuple[torch.device, torch.dtype | None]:
+    """The device for ``name`` (auto | cpu | cuda | cuda:N) and its autocast dtype: bf16 on a GPU
+    that has it, else fp16 (with a gradient scaler); None (plain float32) on the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise CheckpointError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cpu":
+        return device, None
+    if device.type != "cuda" or not torch.cuda.is_available():
+        raise CheckpointError(f"device {name!r} is not available here; use --device cpu")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise CheckpointError(f"device {name!r} does not exist: {torch.cuda.device_count()} CUDA device(s) visible")
+    return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+#: The card's name for each autocast dtype (None: float32).
+PRECISION_NAMES: dict[torch.dtype | None, str] = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 def train(cases: Sequence[PreparedCase], settings: TrainSettings, run_dir: Path,
-          on_step: Callable[[int, float], None] | None = None) -> TrainOutcome:
-    """Train (or resume) for ``settings.iterations`` iterations; state saved in ``run_dir``."""
+          on_step: Callable[[int, float], None] | None = None, device: str = "cpu",
+          max_seconds: float | None = None) -> TrainOutcome:
+    """Train (or resume) for ``settings.iterations`` iterations on ``device``; state saved in ``run_dir``.
+
+    ``max_seconds`` ends the run early, state saved, once that much time has passed (a lease on a
+    GPU host runs out); the outcome says how far it got and the same command resumes."""
     start = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
+    dev, autocast = resolve_training_device(device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed patch shapes: let cuDNN pick its fastest 3D kernels
     torch.manual_seed(settings.seed)
-    network = build_network(settings.arch, settings.network)
+    network = build_network(settings.arch, settings.network).to(dev)
     network.train()
     ema = copy.deepcopy(network).requires_grad_(False) if settings.ema_decay > 0 else None
     opt = torch.optim.AdamW(network.parameters(), lr=settings.lr, weight_decay=1e-4)
@@ -232,6 +298,7 @@ def train(cases: Sequence[PreparedCase], settings: TrainSettings, run_dir: Path,
     objective = Objective(settings.arch, settings.scheduler, settings.sampling)
     val_rng = np.random.default_rng(settings.seed + 1)
     val_batches = [sampler.batch(val_rng, settings.batch_size) for _ in range(4)]
+    scaler = torch.amp.GradScaler("cuda") if autocast == torch.float16 else None
     iteration, val_losses, loss_value = 0, [], math.nan
     state = _load_state(run_dir / STATE_FILE, settings)
     if state is not None:
@@ -250,12 +317,25 @@ def train(cases: Sequence[PreparedCase], settings: TrainSettings, run_dir: Path,
 
     try:
         while iteration < settings.iterations:
+            if max_seconds is not None and time.perf_counter() - start > max_seconds:
+                log.warning("stopping at iteration %d of %d: the time limit of %.0f s is reached",
+                            iteration, settings.iterations, max_seconds)
+                break
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(settings, iteration)
             ct, mr = sampler.batch(rng, settings.batch_size)
-            loss = objective.loss(network, ct, mr, gen)
+            loss = objective.loss(network, ct.to(dev, non_blocking=True), mr.to(dev, non_blocking=True), gen, autocast)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(network.parameters(), 1.0)
-            opt.step()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+                nn.utils.clip_grad_norm_(network.parameters(), 1.0)
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                nn.utils.clip_grad_norm_(network.parameters(), 1.0)
+                opt.step()
             if ema is not None:
                 _ema_update(ema, network, min(settings.ema_decay, (1 + iteration) / (10 + iteration)))
             iteration += 1
@@ -265,11 +345,13 @@ def train(cases: Sequence[PreparedCase], settings: TrainSettings, run_dir: Path,
             if on_step is not None:
                 on_step(iteration, loss_value)
             if settings.val_every and iteration % settings.val_every == 0:
-                val_losses.append((iteration, _validate(ema or network, objective, val_batches, settings.seed)))
+                val_losses.append((iteration, _validate(ema or network, objective, val_batches, settings.seed,
+                                                        dev, autocast)))
                 log.info("iteration %d: train loss %.4f, validation loss %.4f", iteration, loss_value, val_losses[-1][1])
                 save()
     finally:
         save()
-    final = ema if ema is not None else network
+    final = (ema if ema is not None else network).cpu()
     final.eval()
-    return TrainOutcome(final, iteration, loss_value, val_losses, time.perf_counter() - start, resumed_from)
+    return TrainOutcome(final, iteration, loss_value, val_losses, time.perf_counter() - start, resumed_from,
+                        PRECISION_NAMES[autocast])

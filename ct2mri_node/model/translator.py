@@ -31,7 +31,15 @@ from ..errors import InputError, ModelError
 from . import pre_post
 from .checkpoint import Checkpoint, load_checkpoint
 from .diffusion import RefinePlan, SamplingPlan, refine_plan, sampling_plan
-from .sampler import EvalCounter, WindowSpec, diffusion_samples, mean_of, predict_regression, refine_samples
+from .sampler import (
+    EvalCounter,
+    WindowSpec,
+    diffusion_samples,
+    mean_of,
+    predict_regression,
+    refine_samples,
+    window_edges,
+)
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +127,9 @@ class TranslationResult:
     #: shape of ``mr``, in MR pixel units: each sample through the post-processing fitted on the
     #: mean that became ``mr``; zero outside the body). None with one sample.
     uncertainty: np.ndarray | None = None
+    #: Per axis of ``mr``, the planes where the network's sliding-window patches met (voxel-index
+    #: units of the CT grid, ``k - 0.5`` between voxels k-1 and k): where tiles would show.
+    window_edges: tuple[np.ndarray, ...] = ()
 
 
 #: Precision names of the autocast dtypes (None: no autocast, plain float32).
@@ -187,6 +198,10 @@ class Translator:
             raise ModelError("overlap must be in [0, 1), sw_batch_size >= 1 and samples >= 1")
         self._network = self._ckpt.network.to(self._device)
         self._mapping = pre_post.IntensityMapping.from_card(card.intensity)
+        expected = int(card.network.get("ct_channels", 1))
+        if self._mapping.channels != expected:
+            raise ModelError(f"model {card.name}: the card's CT mapping makes {self._mapping.channels} input "
+                             f"channel(s) but the network takes {expected}; the card is inconsistent")
         log.info("model %s %s (%s) on %s", card.name, card.version, card.architecture, self._device)
 
     @staticmethod
@@ -244,11 +259,14 @@ class Translator:
             raise InputError(f"spacing must be three positive values in mm, got {spacing}")
         mask = pre_post.body_mask(ct_hu)
         grid = pre_post.model_shape(ct_hu.shape, tuple(spacing), self._ckpt.card.spacing_mm)
-        ct_model, mask_model = pre_post.to_model_grid(ct_hu, mask, grid, self._mapping)
+        hu_model, mask_model = pre_post.to_model_grid(ct_hu, mask, grid, self._mapping)
         counter = EvalCounter()
         box = body_box(mask_model)
-        samples = self._sample(np.ascontiguousarray(ct_model[box]), counter, progress)
-        raw = np.full(ct_model.shape, -1.0, dtype=np.float32)
+        channels = self._mapping.encode(hu_model[box])
+        del hu_model
+        samples = self._sample(channels, counter, progress)
+        del channels
+        raw = np.full(grid, -1.0, dtype=np.float32)
         raw[box] = mean_of(samples)[0, 0].numpy()
         if not np.isfinite(raw).all():
             raise ModelError("the network produced non-finite values; the checkpoint may be corrupt or diverged")
@@ -262,7 +280,20 @@ class Translator:
         log.info("translated a %s volume (model grid %s) in %.1f s, %d network evaluations",
                  ct_hu.shape, grid, seconds, counter.count)
         return TranslationResult(mr, center, width, self.model_info, self.settings, self.device, counter.count,
-                                 seconds, precision=self.precision, uncertainty=uncertainty)
+                                 seconds, precision=self.precision, uncertainty=uncertainty,
+                                 window_edges=self._edges_on_ct_grid(box, grid, ct_hu.shape))
+
+    def _edges_on_ct_grid(self, box: tuple[slice, ...], grid: tuple[int, ...],
+                          shape: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+        """:func:`window_edges` of the cropped model grid, as planes of the CT grid (the
+        resampling's half-voxel convention: model position p is CT position (p + 0.5) n/m - 0.5)."""
+        crop = tuple(s.stop - s.start for s in box)
+        spec = WindowSpec(self._ckpt.card.patch_size, self.settings.overlap)
+        out = []
+        for axis, planes in enumerate(window_edges(crop, spec)):
+            model = planes + box[axis].start
+            out.append((model + 0.5) * (shape[axis] / grid[axis]) - 0.5)
+        return tuple(out)
 
     def _batch(self) -> int:
         """Patches per network call: on the CPU at least 2, since torch sends a single 3D patch of
@@ -281,10 +312,11 @@ class Translator:
 
     def _sample(self, ct_model: np.ndarray, counter: EvalCounter,
                 progress: Callable[[int, int], None] | None) -> torch.Tensor:
-        """The samples (N, 1, z, y, x) on the cropped model grid (one for the regression UNet)."""
+        """The samples (N, 1, z, y, x) on the cropped model grid (one for the regression UNet);
+        ``ct_model`` is (C, z, y, x), one channel per CT window."""
         card = self._ckpt.card
         spec = WindowSpec(card.patch_size, self.settings.overlap, self._batch(), self._device, self._autocast)
-        ct = torch.from_numpy(ct_model)[None, None]
+        ct = torch.from_numpy(ct_model)[None]
         try:
             with deterministic(self._device):
                 out = self._run(ct, spec, counter, progress)
@@ -299,7 +331,7 @@ class Translator:
 
     def _run(self, ct: torch.Tensor, spec: WindowSpec, counter: EvalCounter,
              progress: Callable[[int, int], None] | None) -> torch.Tensor:
-        """The sampler the settings name, on ``ct`` (1, 1, z, y, x) on the model grid."""
+        """The sampler the settings name, on ``ct`` (1, C, z, y, x) on the model grid."""
         seeds = sample_seeds(self.settings.seed, self.settings.samples)
         batch = self._samples_per_batch(int(ct.numel()))
         if self._plan is None:

@@ -13,9 +13,12 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 from ..errors import DataError
 
@@ -104,6 +107,8 @@ def _check_same_grid(case_dir: Path, grids: dict[str, tuple[tuple[int, ...], np.
 
 def _read_header(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
     """Size and geometry of an image file without reading its pixels."""
+    import SimpleITK as sitk  # here: generating cases in memory (a GPU host) needs no SimpleITK
+
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -141,6 +146,8 @@ def list_cases(root: str | Path) -> list[Path]:
 
 
 def _read_image(path: Path) -> sitk.Image:
+    import SimpleITK as sitk  # here: generating cases in memory (a GPU host) needs no SimpleITK
+
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -152,6 +159,8 @@ def _read_image(path: Path) -> sitk.Image:
 
 def load_case(case_dir: str | Path) -> PairedCase:
     """Read one case folder into a :class:`PairedCase` (CT and MR as float32, mask as bool)."""
+    import SimpleITK as sitk  # here: generating cases in memory (a GPU host) needs no SimpleITK
+
     case_dir = Path(case_dir)
     files = _case_files(case_dir)
     images = {stem: _read_image(path) for stem, path in files.items()}
@@ -170,6 +179,8 @@ def load_case(case_dir: str | Path) -> PairedCase:
 
 
 def _to_image(array: np.ndarray, case: PairedCase) -> sitk.Image:
+    import SimpleITK as sitk  # here: generating cases in memory (a GPU host) needs no SimpleITK
+
     image = sitk.GetImageFromArray(array)
     image.SetSpacing((case.spacing[2], case.spacing[1], case.spacing[0]))
     image.SetOrigin(case.origin)
@@ -183,6 +194,8 @@ def write_case(case_dir: str | Path, case: PairedCase) -> Path:
     The CT is rounded to int16 as SynthRAD stores it; the MR stays float32 so that no
     precision is lost. Returns the case folder.
     """
+    import SimpleITK as sitk  # here: generating cases in memory (a GPU host) needs no SimpleITK
+
     case_dir = Path(case_dir)
     case_dir.mkdir(parents=True, exist_ok=True)
     ct = np.clip(np.rint(case.ct), -32768, 32767).astype(np.int16)
@@ -207,6 +220,8 @@ def write_labels(case_dir: str | Path, case: PairedCase, labels: np.ndarray, nam
 
     Used by the tissue-order score; a case without labels is still a valid case.
     """
+    import SimpleITK as sitk  # here: generating cases in memory (a GPU host) needs no SimpleITK
+
     from .tissues import TISSUE_NAMES
 
     case_dir = Path(case_dir)
@@ -221,6 +236,8 @@ def write_labels(case_dir: str | Path, case: PairedCase, labels: np.ndarray, nam
 
 def load_labels(case_dir: str | Path) -> tuple[np.ndarray, dict[int, str]] | None:
     """A case's label map and names, or None when the case has none."""
+    import SimpleITK as sitk  # here: generating cases in memory (a GPU host) needs no SimpleITK
+
     case_dir = Path(case_dir)
     image_path, names_path = case_dir / LABELS_IMAGE, case_dir / LABELS_NAMES
     if not image_path.is_file() or not names_path.is_file():

@@ -1,35 +1,38 @@
-"""Training orchestration: SynthRAD-layout folder -> prepared cases -> trainer -> checkpoint.
+"""Training orchestration: SynthRAD-layout (or prepared) folder -> prepared cases -> trainer -> checkpoint.
 
-Every case is resampled once to the model spacing (index space, as at inference), the CT is
-mapped HU -> [-1, 1] with the card's mapping and the MR is normalised per case: its 1st/99th
-percentiles inside the body mask map to -1/1 (clipped). ``run_training`` writes the run state
-(``last.pt``, resumable) and, at the end, the checkpoint (``model.safetensors`` + ``card.json``)
-into the output directory.
+Every case is resampled once to the model spacing (index space, as at inference; a prepared
+folder, :mod:`.prepared`, holds that already), the CT becomes one channel per CT window of the
+card's mapping and the MR is normalised per case, anchored on fat by default
+(:func:`pre_post.normalise_mr`). ``run_training`` writes the run state (``last.pt``, resumable)
+and, at the end, the checkpoint (``model.safetensors`` + ``card.json``) into the output directory.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shlex
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, DataError
 from ..model import pre_post
 from ..model.checkpoint import ModelCard, save_checkpoint
-from ..model.diffusion import scheduler_config, sampling_config
+from ..model.diffusion import sampling_config, scheduler_config
 from ..model.networks import ARCHITECTURES, matched_base_channels, network_config, patch_multiple
 from ..model.trainer import PreparedCase, TrainOutcome, TrainSettings, train
-from . import pairs
+from . import prepared as prep
+
+if TYPE_CHECKING:
+    from .pairs import PairedCase
 
 log = logging.getLogger(__name__)
 
-VERSION = "0.2.0"
+VERSION = "0.3.0"
+#: ``--ct-input``: the CT windows (default) or the single linear -1024..2000 HU mapping of v0.2.
+CT_INPUTS: tuple[str, ...] = ("windows", "linear")
 DEMO_DESCRIPTION = ("demonstration model trained on synthetic data (randomised phantoms and ICBM152-derived heads), "
                     "not on patients; not for diagnosis")
 
@@ -51,6 +54,14 @@ class TrainRequest:
     val_every: int = 100
     method: str | None = None   # sampling method; None: "refine" for enhanced, "noise" for ddpm
     t0: int = 400               # refine: the timestep sampling starts from
+    estimate_fraction: float = 0.5   # refine: share of each batch trained as the one-pass estimate
+    ct_input: str = "windows"   # "windows" (one channel per CT window) or "linear" (v0.2)
+    norm: str = "batch"         # feature normalisation: "batch" or "group" (v0.2)
+    mr_norm: str = "fat"        # MR target: "fat" (anchored on fat) or "percentile" (v0.2)
+    levels: int = 3
+    device: str = "cpu"         # auto | cpu | cuda | cuda:N
+    max_minutes: float | None = None   # stop early (state saved, checkpoint written) after this long
+    weights_dtype: str = "float32"     # how the checkpoint stores its weights: float32 or float16
     name: str | None = None
     description: str = DEMO_DESCRIPTION
     command: str = field(default_factory=lambda: shlex.join(["ct2mri-node", *sys.argv[1:]]))
@@ -60,7 +71,7 @@ def validate(request: TrainRequest) -> None:
     """Raise ConfigError for options that cannot make a training run."""
     if request.arch not in ARCHITECTURES:
         raise ConfigError(f"--arch must be one of {', '.join(ARCHITECTURES)}, got {request.arch!r}")
-    multiple = patch_multiple(network_config(request.arch))
+    multiple = patch_multiple(network_config(request.arch, levels=request.levels))
     if request.patch < multiple or request.patch % multiple:
         raise ConfigError(f"--patch must be a positive multiple of {multiple}, got {request.patch}")
     for name in ("iterations", "batch_size", "base_channels"):
@@ -74,6 +85,20 @@ def validate(request: TrainRequest) -> None:
         raise ConfigError("--method applies to the diffusion architectures (enhanced, ddpm), not to unet")
     if not 1 <= request.t0 < 1000:
         raise ConfigError(f"--t0 must be between 1 and 999, got {request.t0}")
+    if not 0.0 <= request.estimate_fraction <= 1.0:
+        raise ConfigError(f"--estimate-fraction must be in [0, 1], got {request.estimate_fraction}")
+    if request.ct_input not in CT_INPUTS:
+        raise ConfigError(f"--ct-input must be one of {', '.join(CT_INPUTS)}, got {request.ct_input!r}")
+    if request.norm not in ("batch", "group"):
+        raise ConfigError(f"--norm must be batch or group, got {request.norm!r}")
+    if request.mr_norm not in pre_post.MR_METHODS:
+        raise ConfigError(f"--mr-norm must be one of {', '.join(pre_post.MR_METHODS)}, got {request.mr_norm!r}")
+    if request.weights_dtype not in ("float32", "float16"):
+        raise ConfigError(f"--weights must be float32 or float16, got {request.weights_dtype!r}")
+    if request.max_minutes is not None and request.max_minutes <= 0:
+        raise ConfigError("--max-minutes must be positive")
+    if request.levels < 2:
+        raise ConfigError("--levels must be at least 2")
 
 
 def sampling(request: TrainRequest) -> dict[str, object]:
@@ -81,51 +106,59 @@ def sampling(request: TrainRequest) -> dict[str, object]:
     if request.arch == "unet":
         return sampling_config("noise", default_steps=1)
     method = request.method or ("refine" if request.arch == "enhanced" else "noise")
-    return sampling_config(method, t0=request.t0) if method == "refine" else sampling_config(method)
+    if method == "refine":
+        return sampling_config(method, t0=request.t0, estimate_fraction=request.estimate_fraction)
+    return sampling_config(method)
 
 
-def base_channels(request: TrainRequest) -> int:
-    """Width of ``arch``: ``--base-channels`` for "enhanced"; baselines widened to match its size.
-
-    So that the comparison is at a similar parameter count, ``--base-channels`` always names the
-    width of the enhanced reference, and "ddpm"/"unet" get the width closest to its parameter count.
-    """
-    if request.arch == "enhanced":
-        return request.base_channels
-    return matched_base_channels(request.arch, network_config("enhanced", base_channels=request.base_channels))
+def mapping(request: TrainRequest) -> pre_post.IntensityMapping:
+    """The CT mapping ``--ct-input`` names."""
+    return pre_post.IntensityMapping() if request.ct_input == "windows" else pre_post.IntensityMapping.linear()
 
 
-def prepare_case(case: pairs.PairedCase, spacing_mm: float, mapping: pre_post.IntensityMapping) -> PreparedCase:
-    """Resample a paired case to the model spacing and normalise CT and MR to [-1, 1]."""
-    target = (spacing_mm,) * 3
-    grid = pre_post.model_shape(case.ct.shape, case.spacing, target)
-    ct, mask = pre_post.to_model_grid(case.ct, case.mask, grid, mapping)
-    mr = pre_post.resample(case.mr, grid)
-    mr = pre_post.normalise_global(mr, mask) * 2.0 - 1.0
-    return PreparedCase(case.name, ct, mr.astype(np.float32), mask)
+def network(request: TrainRequest) -> dict[str, object]:
+    """The network config of the run (width matched across architectures, see :func:`base_channels`)."""
+    shape = {"ct_channels": mapping(request).channels, "norm": request.norm, "levels": request.levels}
+    reference = network_config("enhanced", base_channels=request.base_channels, **shape)
+    width = request.base_channels if request.arch == "enhanced" else matched_base_channels(request.arch, reference)
+    return network_config(request.arch, **{**shape, "base_channels": width})
 
 
-def load_prepared(data: Path, spacing_mm: float, mapping: pre_post.IntensityMapping) -> list[PreparedCase]:
-    """Every case of a SynthRAD-layout folder, prepared for training."""
+def prepare_case(case: PairedCase, spacing_mm: float, mapping: pre_post.IntensityMapping,
+                 mr_method: str = "fat") -> PreparedCase:
+    """Resample a paired case to the model spacing; CT channels and MR target in [-1, 1]."""
+    grid = prep.to_grid(case.name, case.ct, case.mr, case.mask, case.spacing, spacing_mm)
+    return prep.finish(grid, mapping, mr_method)
+
+
+def load_prepared(data: Path, spacing_mm: float, mapping: pre_post.IntensityMapping,
+                  mr_method: str = "fat") -> list[PreparedCase]:
+    """Every case of a prepared folder or of a SynthRAD-layout folder, prepared for training.
+
+    Cases of an evaluation-only family (held-out, independent) are refused: DataError."""
+    if prep.is_prepared(data):
+        return [prep.finish(case, mapping, mr_method) for case in prep.read_prepared(data, spacing_mm)]
+    from . import pairs
+
     prepared = []
     for case_dir in pairs.list_cases(data):
-        prepared.append(prepare_case(pairs.load_case(case_dir), spacing_mm, mapping))
-        log.debug("prepared case %s: %s", case_dir.name, prepared[-1].ct.shape)
+        prep.check_training_family(case_dir.name, prep.case_family(case_dir))
+        prepared.append(prepare_case(pairs.load_case(case_dir), spacing_mm, mapping, mr_method))
+        log.debug("prepared case %s: %s", case_dir.name, prepared[-1].mask.shape)
     return prepared
 
 
 def describe_data(data: Path) -> str:
     """"N paired CT/MR cases from DIR (family: count, ...)", from each case's phantom.json."""
+    if prep.is_prepared(data):
+        return prep.describe(data)
+    from . import pairs
+
     counts: dict[str, int] = {}
     cases = pairs.list_cases(data)
     for case_dir in cases:
-        family = "unlabelled (SynthRAD layout)"
-        info = case_dir / "phantom.json"
-        if info.is_file():
-            try:
-                family = str(json.loads(info.read_text()).get("family", "phantom"))
-            except (OSError, ValueError):
-                pass
+        family = prep.case_family(case_dir)
+        family = "unlabelled (SynthRAD layout)" if family == "unlabelled" else family
         counts[family] = counts.get(family, 0) + 1
     parts = ", ".join(f"{name}: {n}" for name, n in sorted(counts.items()))
     return f"{len(cases)} paired CT/MR cases from {data.name} ({parts}); synthetic data, no patient data"
@@ -139,7 +172,7 @@ def _data_summary(data: Path, n_cases: int) -> str:
 
 
 def make_card(request: TrainRequest, settings: TrainSettings, outcome: TrainOutcome, n_cases: int,
-              mapping: pre_post.IntensityMapping) -> ModelCard:
+              ct_mapping: pre_post.IntensityMapping) -> ModelCard:
     """The model card for a finished run (with the CT mapping the cases were prepared with)."""
     return ModelCard(
         name=request.name or f"ct2mri-{request.arch}-demo",
@@ -149,13 +182,15 @@ def make_card(request: TrainRequest, settings: TrainSettings, outcome: TrainOutc
         scheduler=settings.scheduler,
         spacing_mm=(request.spacing_mm,) * 3,
         patch_size=(request.patch,) * 3,
-        intensity=mapping.to_card(),
+        intensity=ct_mapping.to_card(request.mr_norm),
         description=request.description,
         training_data=_data_summary(request.data, n_cases),
         training_command=request.command,
         seed=request.seed,
         iterations=outcome.iterations,
         evaluation={"validation_loss": outcome.val_losses[-1][1]} if outcome.val_losses else {},
+        training_precision=outcome.precision,
+        weights_dtype=request.weights_dtype,
         sampling=settings.sampling,
     )
 
@@ -164,15 +199,16 @@ def run_training(request: TrainRequest, cases: Sequence[PreparedCase] | None = N
                  on_step: Callable[[int, float], None] | None = None) -> tuple[Path, TrainOutcome]:
     """Train (resuming if ``out`` holds a run state) and save the checkpoint into ``out``."""
     validate(request)
-    mapping = pre_post.IntensityMapping()
+    ct_mapping = mapping(request)
     if cases is None:
-        cases = load_prepared(request.data, request.spacing_mm, mapping)
+        cases = load_prepared(request.data, request.spacing_mm, ct_mapping, request.mr_norm)
     settings = TrainSettings(
-        arch=request.arch, network=network_config(request.arch, base_channels=base_channels(request)),
+        arch=request.arch, network=network(request),
         scheduler=scheduler_config(), iterations=request.iterations, batch_size=request.batch_size,
         patch=request.patch, lr=request.lr, seed=request.seed, val_every=request.val_every,
         sampling=sampling(request),
     )
-    outcome = train(cases, settings, request.out, on_step)
-    card = make_card(request, settings, outcome, len(cases), mapping)
+    max_seconds = None if request.max_minutes is None else request.max_minutes * 60.0
+    outcome = train(cases, settings, request.out, on_step, request.device, max_seconds)
+    card = make_card(request, settings, outcome, len(cases), ct_mapping)
     return save_checkpoint(request.out, card, outcome.network), outcome

@@ -18,8 +18,10 @@ TINY = {"base_channels": 4, "levels": 2, "memory_grid": 2}
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_tiny_network_output_shape(arch: str) -> None:
     torch.manual_seed(0)
-    net = build_network(arch, TINY)
-    cin = network_config(arch)["in_channels"]
+    config = network_config(arch, **TINY)
+    net = build_network(arch, config)
+    cin = config["in_channels"]
+    assert cin == (4 if arch == "unet" else 5)  # four CT windows (+ the noisy MR)
     x = torch.randn(2, cin, 8, 16, 12)
     out = net(x, torch.tensor([3, 700]))
     assert out.shape == (2, 1, 8, 16, 12)
@@ -73,3 +75,16 @@ def test_memory_block_memory_is_linear_in_voxels() -> None:
     # attention over voxels would grow 4x per doubling; a linear block grows ~2x
     assert 1.6 < double / small < 2.4
     assert 1.6 < quadruple / double < 2.4
+
+
+def test_a_stored_config_without_the_new_keys_is_a_v02_network() -> None:
+    """Cards of model 0.2 name neither ct_channels nor norm: one CT channel and GroupNorm."""
+    net = build_network("enhanced", TINY)
+    assert net.stem.in_channels == 2
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in net.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in net.modules())
+    new = build_network("enhanced", network_config("enhanced", **TINY))
+    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in new.modules())
+    with pytest.raises(CheckpointError, match="normalisation"):
+        network_config("enhanced", norm="layer")
+

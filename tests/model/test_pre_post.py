@@ -18,9 +18,51 @@ def test_body_mask_takes_the_largest_component_and_fills_holes(small_ct: np.ndar
 
 
 def test_intensity_mapping_is_clipped_linear() -> None:
-    mapping = pre_post.IntensityMapping(-1000.0, 1000.0)
-    out = mapping.normalise(np.array([-3000.0, -1000.0, 0.0, 1000.0, 5000.0]))
-    assert out.tolist() == [-1.0, -1.0, 0.0, 1.0, 1.0]
+    mapping = pre_post.IntensityMapping.linear(-1000.0, 1000.0)
+    out = mapping.encode(np.array([-3000.0, -1000.0, 0.0, 1000.0, 5000.0]))
+    assert out.shape == (1, 5) and out[0].tolist() == [-1.0, -1.0, 0.0, 1.0, 1.0]
+
+
+def test_ct_windows_spread_soft_tissues_over_the_input_range() -> None:
+    """CSF (5 HU), white matter (28), urine (8) and muscle (50) are 0.01-0.03 apart on the linear
+    mapping, about the CT noise; the brain window puts them 0.3-1 apart."""
+    mapping = pre_post.IntensityMapping()
+    assert mapping.channels == 4 and mapping.hu_range == (-1024.0, 2000.0)
+    csf, wm, urine, muscle = mapping.encode(np.array([5.0, 28.0, 8.0, 50.0]))[0]
+    assert wm - csf > 0.5 and muscle - urine > 1.0
+    linear = pre_post.IntensityMapping.linear().encode(np.array([5.0, 28.0]))[0]
+    assert linear[1] - linear[0] < 0.02
+    # every channel in [-1, 1], air and dense bone saturate the narrow windows
+    channels = mapping.encode(np.array([-1024.0, -100.0, 260.0, 1200.0, 3000.0]))
+    assert channels.min() >= -1.0 and channels.max() <= 1.0
+    assert channels[0, 0] == -1.0 and channels[0, 3] == 1.0 and channels[3, 4] == 1.0
+
+
+def test_card_mapping_round_trip_and_v02_cards() -> None:
+    mapping = pre_post.IntensityMapping()
+    card = mapping.to_card("fat")
+    assert pre_post.IntensityMapping.from_card(card) == mapping
+    assert card["mr"]["name"] == "fat"
+    old = {"ct": {"hu_min": -1024.0, "hu_max": 2000.0, "maps_to": [-1.0, 1.0], "method": "clip then linear"}}
+    assert pre_post.IntensityMapping.from_card(old) == pre_post.IntensityMapping.linear(-1024.0, 2000.0)
+
+
+def test_fat_anchored_mr_target_is_the_same_for_every_case_scale() -> None:
+    """Fat maps to +0.6 whatever the case's MR scale or the share of each tissue; a case without
+    enough fat falls back to its 99th percentile."""
+    rng = np.random.default_rng(0)
+    ct = np.full((20, 20, 40), 50.0, np.float32)
+    ct[:, :, :20] = -100.0
+    mask = np.ones(ct.shape, bool)
+    for gain in (1.0, 7.5):
+        mr = np.where(ct < 0, 900.0, 400.0).astype(np.float32) * gain + rng.normal(0, 1, ct.shape).astype(np.float32)
+        target = pre_post.normalise_mr(mr, ct, mask, "fat")
+        assert abs(float(np.median(target[:, :, 2:18])) - 0.6) < 0.01
+        assert abs(float(np.median(target[:, :, 22:38])) - (400 / 900 * 1.6 - 1)) < 0.01
+    no_fat = np.full(ct.shape, 50.0, np.float32)
+    assert pre_post.fat_anchor(mr, no_fat, mask) == pytest.approx(float(np.percentile(mr, 99)))
+    with pytest.raises(Exception, match="unknown MR normalisation"):
+        pre_post.normalise_mr(mr, ct, mask, "zscore")
 
 
 def test_resample_round_trip_keeps_smooth_data() -> None:

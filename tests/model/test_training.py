@@ -22,10 +22,10 @@ def tiny_cases() -> list[PreparedCase]:
     rng = np.random.default_rng(0)
     cases = []
     for i in range(2):
-        ct = np.full((12, 20, 20), -1.0, np.float32)
-        ct[2:10, 4:16, 4:16] = 0.1
-        mr = np.where(ct > -1, 0.5, -1.0).astype(np.float32) + rng.normal(0, 0.05, ct.shape).astype(np.float32)
-        cases.append(PreparedCase(f"case{i}", ct, mr, ct > -1))
+        hu = np.full((12, 20, 20), -1000.0, np.float32)
+        hu[2:10, 4:16, 4:16] = 40.0
+        mr = np.where(hu > -500, 0.5, -1.0).astype(np.float32) + rng.normal(0, 0.05, hu.shape).astype(np.float32)
+        cases.append(PreparedCase(f"case{i}", IntensityMapping().encode(hu), mr, hu > -500))
     return cases
 
 
@@ -53,7 +53,13 @@ def test_train_three_iterations_then_resume(tmp_path: Path, arch: str) -> None:
 def test_resume_is_equivalent_to_one_run(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    run_training(request(tmp_path / "a", "ddpm", 2), tiny_cases())
+    def stop_at_two(iteration: int, loss: float) -> None:
+        if iteration == 2:
+            raise KeyboardInterrupt  # as Ctrl-C or SIGTERM: the state is saved, the run stops
+
+    with pytest.raises(KeyboardInterrupt):
+        run_training(request(tmp_path / "a", "ddpm", 4), tiny_cases(), on_step=stop_at_two)
+    assert torch.load(tmp_path / "a" / "run" / STATE_FILE, weights_only=False)["iteration"] == 2
     path_a, _ = run_training(request(tmp_path / "a", "ddpm", 4), tiny_cases())
     path_b, _ = run_training(request(tmp_path / "b", "ddpm", 4), tiny_cases())
     a, b = load_checkpoint(path_a).network.state_dict(), load_checkpoint(path_b).network.state_dict()
@@ -77,9 +83,44 @@ def test_prepare_case_resamples_and_normalises() -> None:
     mr = np.where(ct > -500, 300.0, 0.0).astype(np.float32)
     case = PairedCase("p", ct, mr, ct > -500, (3.0, 1.5, 1.5))
     prepared = prepare_case(case, 3.0, IntensityMapping())
-    assert prepared.ct.shape == (10, 10, 10)
+    assert prepared.ct.shape == (4, 10, 10, 10)  # one channel per CT window
     assert prepared.mr.min() >= -1.0 and prepared.mr.max() <= 1.0
     assert prepared.mask.any()
+
+
+def test_ema_carries_batchnorm_statistics(tmp_path: Path) -> None:
+    """The averaged network normalises with the running statistics training reached, not the
+    initial ones (mean 0, variance 1), or it would see every input at the wrong level."""
+    path, _ = run_training(request(tmp_path, "unet", 4), tiny_cases())
+    network = load_checkpoint(path).network
+    means = [m.running_mean for m in network.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    assert means and any(float(m.abs().max()) > 0 for m in means)
+
+
+def test_prepared_folder_trains_like_the_source_and_refuses_evaluation_families(tmp_path: Path) -> None:
+    from ct2mri_node.errors import DataError
+    from ct2mri_node.training import prepared
+    from ct2mri_node.training.pairs import write_case
+
+    for i in range(2):
+        ct = np.full((12, 24, 24), -1000.0, np.float32)
+        ct[2:10, 4:20, 4:20] = 40.0
+        ct[4:8, 8:16, 8:16] = -100.0
+        mr = np.where(ct > -500, 300.0, 0.0) + (ct < -50) * (ct > -500) * 600.0
+        write_case(tmp_path / "data" / f"case{i}", PairedCase(f"case{i}", ct, mr.astype(np.float32), ct > -500,
+                                                              (3.0, 3.0, 3.0)))
+    out = prepared.write_prepared(tmp_path / "data", tmp_path / "prep", 3.0)
+    from_folder = prepared.read_prepared(out, 3.0)
+    direct = prepare_case(PairedCase("case0", ct, mr.astype(np.float32), ct > -500, (3.0, 3.0, 3.0)), 3.0,
+                          IntensityMapping())
+    again = prepared.finish(from_folder[0], IntensityMapping(), "fat")
+    assert np.array_equal(again.ct, direct.ct) and np.allclose(again.mr, direct.mr, atol=2e-3)
+    assert "2 paired CT/MR cases" in prepared.describe(out)
+    with pytest.raises(DataError, match="prepared at 3.0 mm"):
+        prepared.read_prepared(out, 2.0)
+    (tmp_path / "data" / "case1" / "phantom.json").write_text(json.dumps({"family": "independent"}))
+    with pytest.raises(DataError, match="evaluation only"):
+        prepared.write_prepared(tmp_path / "data", tmp_path / "prep2", 3.0)
 
 
 def test_train_command_runs_and_resumes(tmp_path: Path) -> None:
