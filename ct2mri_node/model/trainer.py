@@ -29,6 +29,7 @@ from torch import nn
 from ..errors import CheckpointError, DataError
 from .diffusion import DEFAULT_SAMPLING, training_scheduler, training_target
 from .networks import build_network
+from .translator import PRECISIONS, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -253,26 +254,6 @@ def learning_rate(settings: TrainSettings, iteration: int) -> float:
     return settings.lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def resolve_training_device(name: str) -> tuple[torch.device, torch.dtype | None]:
-    """The device for ``name`` (auto | cpu | cuda | cuda:N) and its autocast dtype: bf16 on a GPU
-    that has it, else fp16 (with a gradient scaler); None (plain float32) on the CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise CheckpointError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from exc
-    if device.type == "cpu":
-        return device, None
-    if device.type != "cuda" or not torch.cuda.is_available():
-        raise CheckpointError(f"device {name!r} is not available here; use --device cpu")
-    if device.index is not None and device.index >= torch.cuda.device_count():
-        raise CheckpointError(f"device {name!r} does not exist: {torch.cuda.device_count()} CUDA device(s) visible")
-    return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-#: The card's name for each autocast dtype (None: float32).
-PRECISION_NAMES: dict[torch.dtype | None, str] = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 def train(cases: Sequence[PreparedCase], settings: TrainSettings, run_dir: Path,
@@ -284,7 +265,7 @@ def train(cases: Sequence[PreparedCase], settings: TrainSettings, run_dir: Path,
     GPU host runs out); the outcome says how far it got and the same command resumes."""
     start = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
-    dev, autocast = resolve_training_device(device)
+    dev, autocast = resolve_device(device)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed patch shapes: let cuDNN pick its fastest 3D kernels
     torch.manual_seed(settings.seed)
@@ -354,4 +335,4 @@ def train(cases: Sequence[PreparedCase], settings: TrainSettings, run_dir: Path,
     final = (ema if ema is not None else network).cpu()
     final.eval()
     return TrainOutcome(final, iteration, loss_value, val_losses, time.perf_counter() - start, resumed_from,
-                        PRECISION_NAMES[autocast])
+                        PRECISIONS[autocast])
