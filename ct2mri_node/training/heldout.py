@@ -32,6 +32,7 @@ from ..errors import DataError
 from . import tissues
 from .metrics import gaussian_filter
 from .phantoms import PhantomCase, _rician, random_field
+from .tissue_order import dilate
 
 log = logging.getLogger(__name__)
 
@@ -415,18 +416,6 @@ def _images(rng: np.random.Generator, labels: np.ndarray, spacing: Sequence[floa
     return np.clip(ct, -1024.0, 3071.0).astype(np.float32), mr.astype(np.float32)
 
 
-def _grow(mask: np.ndarray) -> np.ndarray:
-    """Dilation by one voxel (6-connected), without wrapping at the edges."""
-    out = mask.copy()
-    for axis in range(3):
-        lo = [slice(None)] * 3
-        hi = [slice(None)] * 3
-        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
-        out[tuple(lo)] |= mask[tuple(hi)]
-        out[tuple(hi)] |= mask[tuple(lo)]
-    return out
-
-
 # --------------------------------------------------------------------------- public API
 def generate_case(kind: str, seed: int, shape: Sequence[int] | None = None,
                   spacing: Sequence[float] | None = None, name: str | None = None) -> PhantomCase:
@@ -470,7 +459,7 @@ def generate_case(kind: str, seed: int, shape: Sequence[int] | None = None,
     }
     log.debug("held-out %s seed %d generated in %.2f s", kind, seed, time.perf_counter() - started)
     return PhantomCase(
-        name=name or f"heldout_{kind}_{seed}", ct=ct, mr=mr, mask=_grow(body),
+        name=name or f"heldout_{kind}_{seed}", ct=ct, mr=mr, mask=dilate(body),
         spacing=spacing, origin=origin_xyz, info=info, labels=labels,  # type: ignore[arg-type]
         label_names={label: tissues.TISSUE_NAMES[label] for label in present},
     )

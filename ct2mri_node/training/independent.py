@@ -37,6 +37,7 @@ from ..errors import DataError
 from . import tissues
 from .metrics import gaussian_filter
 from .phantoms import PhantomCase
+from .tissue_order import dilate
 
 log = logging.getLogger(__name__)
 
@@ -421,18 +422,6 @@ def _images(rng: np.random.Generator, labels: np.ndarray, kind: str) -> tuple[np
     return np.clip(ct, -1024.0, 3071.0).astype(np.float32), mr.astype(np.float32), values
 
 
-def _dilate(mask: np.ndarray) -> np.ndarray:
-    """Dilation by one voxel (6-connected), without wrapping at the edges."""
-    out = mask.copy()
-    for axis in range(3):
-        lo = [slice(None)] * 3
-        hi = [slice(None)] * 3
-        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
-        out[tuple(lo)] |= mask[tuple(hi)]
-        out[tuple(hi)] |= mask[tuple(lo)]
-    return out
-
-
 # --------------------------------------------------------------------------- public API
 def generate_case(kind: str, seed: int, shape: Sequence[int] | None = None,
                   spacing: Sequence[float] | None = None, name: str | None = None) -> PhantomCase:
@@ -485,7 +474,7 @@ def generate_case(kind: str, seed: int, shape: Sequence[int] | None = None,
     log.debug("independent %s seed %d: grid %s at %s mm in %.2f s", kind, seed, grid_shape, grid_spacing,
               time.perf_counter() - started)
     return PhantomCase(
-        name=name or f"independent_{kind}_{seed}", ct=ct, mr=mr, mask=_dilate(body),
+        name=name or f"independent_{kind}_{seed}", ct=ct, mr=mr, mask=dilate(body),
         spacing=grid_spacing, origin=origin_xyz, info=info, labels=labels,  # type: ignore[arg-type]
         label_names={label: tissues.TISSUE_NAMES[label] for label in present},
     )

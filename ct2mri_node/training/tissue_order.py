@@ -76,6 +76,18 @@ def erode(region: np.ndarray) -> np.ndarray:
     return out
 
 
+def dilate(region: np.ndarray) -> np.ndarray:
+    """``region`` grown by one voxel along each axis (6-connected), without wrapping at the edges."""
+    out = region.copy()
+    for axis in range(region.ndim):
+        lo = [slice(None)] * region.ndim
+        hi = [slice(None)] * region.ndim
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        out[tuple(lo)] |= region[tuple(hi)]
+        out[tuple(hi)] |= region[tuple(lo)]
+    return out
+
+
 def tissue_medians(prediction: np.ndarray, labels: np.ndarray, names: dict[int, str],
                    mask: np.ndarray) -> dict[str, float]:
     """Median of ``prediction`` over each present tissue's interior (module docstring), by name."""
