@@ -225,6 +225,7 @@ class ModelSettings(_Frozen):
     steps: Annotated[int, Field(ge=1, le=1000)] | None = None   # None: the model card's default
     samples: Annotated[int, Field(ge=1, le=64)] = 1
     seed: int = 0
+    overlap: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.5   # sliding windows: share of a patch its neighbour sees
 
     @field_validator("device")
     @classmethod

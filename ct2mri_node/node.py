@@ -55,7 +55,7 @@ def load_translator(config: NodeConfig, name: str | None = None) -> Any:
     models = config.named_models()
     settings_of = models[name] if name is not None else next(iter(models.values()))
     settings = TranslationSettings(steps=settings_of.steps, seed=settings_of.seed, device=settings_of.device,
-                                   samples=settings_of.samples)
+                                   samples=settings_of.samples, overlap=settings_of.overlap)
     return Translator(settings_of.checkpoint, settings)
 
 

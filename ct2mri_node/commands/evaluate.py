@@ -38,6 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--samples", type=int, default=1,
                         help="samples averaged into each synthetic MR (default 1)")
+    parser.add_argument("--overlap", type=float, default=0.5,
+                        help="share of a sliding-window patch its neighbour also covers, 0 <= x < 1 (default 0.5)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N cases")
     parser.add_argument("--json", required=True, type=Path, dest="json_out", help="where to write the JSON report")
@@ -53,8 +55,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--steps must be at least 1, got {args.steps}")
     if args.samples < 1:
         raise ConfigError(f"--samples must be at least 1, got {args.samples}")
+    if not 0.0 <= args.overlap < 1.0:
+        raise ConfigError(f"--overlap must be at least 0 and below 1, got {args.overlap}")
     settings = TranslationSettings(steps=args.steps, sampler=args.sampler, seed=args.seed, device=args.device,
-                                   samples=args.samples)
+                                   samples=args.samples, overlap=args.overlap)
     report = evaluate(args.data, args.checkpoint, settings, args.limit, args.montage_dir)
     write_report(report, args.json_out)
     print(format_table(report))

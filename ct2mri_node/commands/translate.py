@@ -36,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     parser.add_argument("--steps", type=int, help="network evaluations per patch and sample (default: the model's)")
     parser.add_argument("--samples", type=int, default=1, help="samples averaged into the MR (default 1)")
+    parser.add_argument("--overlap", type=float, default=0.5,
+                        help="share of a sliding-window patch its neighbour also covers, 0 <= x < 1 (default 0.5)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--sampler", choices=["auto", "refine", "ddim", "ddpm"], default="auto",
                         help="sampler (default auto: the model's own, refine for the bundled model)")
@@ -89,6 +91,8 @@ def _options(args: argparse.Namespace) -> Any:
 
     if min(args.steps or 1, args.samples, args.min_slices, args.max_slices, args.max_matrix) < 1:
         raise ConfigError("--steps, --samples, --min-slices, --max-slices and --max-matrix must be at least 1")
+    if not 0.0 <= args.overlap < 1.0:
+        raise ConfigError(f"--overlap must be at least 0 and below 1, got {args.overlap}")
     if args.max_slices < args.min_slices:
         raise ConfigError(f"--max-slices {args.max_slices} is below --min-slices {args.min_slices}")
     if args.uncertainty_map and args.samples < 2:
@@ -115,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     if not datasets:
         raise InputError(f"--input {args.input} holds no DICOM files; give a CT DICOM series")
     settings = TranslationSettings(steps=args.steps, sampler=args.sampler, seed=args.seed,
-                                   device=args.device, samples=args.samples)
+                                   device=args.device, samples=args.samples, overlap=args.overlap)
     translator = _LazyTranslator(args.checkpoint, settings)
     outcome = run_pipeline(datasets, translator, options)
     write_series(outcome.all_datasets, args.output)

@@ -31,7 +31,7 @@ class WindowSpec:
     """How the network is run over a volume: patch size, overlap, batch and devices."""
 
     patch: tuple[int, int, int]
-    overlap: float = 0.25
+    overlap: float = 0.5
     sw_batch_size: int = 1
     device: torch.device = torch.device("cpu")
     autocast_dtype: torch.dtype | None = None

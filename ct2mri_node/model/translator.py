@@ -74,7 +74,10 @@ class TranslationSettings:
     sampler: str = "auto"
     seed: int = 0
     device: str = "auto"
-    overlap: float = 0.25
+    #: fraction of a patch shared with its neighbour: 0.5 (stride 16 of 32) keeps the seam ratio of
+    #: the gaussian-blended windows at or below 1.15 on the independent cases, where 0.25 left faint
+    #: lines in uniform fat (seam ratio up to 1.54) at a third of the cost
+    overlap: float = 0.5
     sw_batch_size: int = 1
     samples: int = 1
 
