@@ -19,7 +19,8 @@ from typing import Any
 import yaml
 from nodekit import CLI, free_port, http_get, write_config_file
 
-from ct2mri_node.config import DEFAULT_CONFIG_PATH, parse_config
+from ct2mri_node.commands.check_config import summary
+from ct2mri_node.config import DEFAULT_CONFIG_PATH, load_config, parse_config
 from ct2mri_node.node import Node
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,6 +40,12 @@ def test_embedded_default_turns_the_status_page_on_at_the_documented_loopback_ad
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     quick = readme[readme.index("## Quick start"):readme.index("\n## ", readme.index("## Quick start") + 1)]
     assert address in quick, f"README's quick start does not give the status page's address {address}"
+
+
+def test_check_config_says_where_the_status_page_is(tmp_path: Path) -> None:
+    default = summary(load_config(DEFAULT_CONFIG_PATH))
+    assert f"status page: http://127.0.0.1:{STATUS_PORT}/ (also /metrics, /healthz, /readyz)" in default
+    assert "status page: off (ops.http_port unset)" in summary(load_config(write_config_file(tmp_path)))
 
 
 def test_node_on_the_embedded_default_serves_the_status_page_on_loopback(tmp_path: Path) -> None:
