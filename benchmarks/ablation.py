@@ -5,7 +5,7 @@
         --device cuda --iterations 1500 --batch-size 8
     # score checkpoints on cases generated in memory (independent and held-out families)
     python benchmarks/ablation.py evaluate --checkpoint runs/ablation/v02-design ... --json ablation.json
-    # the README table from one or more JSON files
+    # the docs/model.md table from one or more JSON files
     python benchmarks/ablation.py table ablation.json
 
 Arms change one thing at a time, from model 0.2's design to the new one: the CT input (one

@@ -47,7 +47,18 @@ def summary(config: NodeConfig) -> list[str]:
         lines.append(f"destination {dest.name} ({dest.type}): {where}")
     if not config.destinations:
         lines.append("warning: no destinations; MR series stay in the spool only")
+    lines.append(_status_page(config))
     return lines
+
+
+def _status_page(config: NodeConfig) -> str:
+    """Where the status page (and /metrics, /healthz, /readyz) will be, or that it is off."""
+    port = config.ops.http_port
+    if port is None:
+        return "status page: off (ops.http_port unset)"
+    host = config.ops.http_bind_address
+    where = f"http://{host}:{port}/" if port else f"http://{host}:<any free port>/"
+    return f"status page: {where} (also /metrics, /healthz, /readyz)"
 
 
 def _rules_summary(config: NodeConfig) -> list[str]:

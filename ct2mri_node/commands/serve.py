@@ -10,7 +10,7 @@ from pathlib import Path
 from types import FrameType
 
 from ..config import default_config_path, load_config
-from ..errors import SpoolError
+from ..errors import Ct2MriError, SpoolError
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         node.start()
+    except Ct2MriError:   # e.g. ops.http_port taken: the message names the key
+        node.stop()
+        raise
     except OSError as exc:
         node.stop()
         raise SpoolError(

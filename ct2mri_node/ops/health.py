@@ -33,7 +33,7 @@ from typing import Any
 
 from ..config import AnyDestination, FolderDestination, NodeConfig
 from ..deliver.send import echo
-from ..errors import Ct2MriError
+from ..errors import ConfigError, Ct2MriError
 from ..fsutil import write_temporary
 from ..jobs.store import JobStore
 from .metrics import CONTENT_TYPE, NodeMetrics
@@ -274,7 +274,14 @@ class HealthServer:
         port = config.ops.http_port
         address = (config.ops.http_bind_address, 0 if port is None else port)
         self.prober = DestinationProber(config, metrics, probe_interval_s)
-        self._server = _OpsHTTPServer(address, config, metrics, model_loaded, store, self.prober)
+        try:
+            self._server = _OpsHTTPServer(address, config, metrics, model_loaded, store, self.prober)
+        except OSError as exc:   # the embedded default's fixed port may be taken (another node)
+            raise ConfigError(
+                f"ops.http_port: cannot serve the status page on {address[0]}:{address[1]}: "
+                f"{exc.strerror or exc}; is another node or worker running on this machine? "
+                "set ops.http_port to another port, 0 (any free port) or null (off)"
+            ) from exc
         self._thread: threading.Thread | None = None
 
     @property

@@ -3,8 +3,8 @@
 Cases come from ``training.independent``, an evaluation-only generator whose shape language is
 unlike every training family (plain ellipsoid blocks, thick skull shells, large ventricles and
 bladders, femoral heads of marrow inside cortex, no texture, 5-15 HU of CT noise, 0.8-3 mm
-pixels, 1-3 mm slices), with seeds that neither training nor the ablation used (the README's
-tables use 5000+, this test 7100+). Three cases of each anatomy, each held to every check:
+pixels, 1-3 mm slices), with seeds that neither training nor the ablation used (the evidence
+tables of docs/model.md use 5000+, this test 7100+). Three cases of each anatomy, each held to every check:
 
 - every pairwise T1w check (``tissue_checks.t1w_checks``): fluids darker than grey matter and
   muscle, marrow brighter than muscle, bone and air darker than every soft tissue, white > grey >
@@ -14,7 +14,7 @@ tables use 5000+, this test 7100+). Three cases of each anatomy, each held to ev
   the big tissue; blotches and tiles lower it);
 - seam ratio <= 1.3 (gradients on the planes where sliding-window patches meet against elsewhere).
 
-Model 0.2.0 failed it on every case (bright CSF, urine and eyes, dark marrow; see the README).
+Model 0.2.0 failed it on every case (bright CSF, urine and eyes, dark marrow; see docs/model.md).
 Model 0.3.0 passes two pelvises and fails the cases in :data:`KNOWN_GAPS` (issue 20 stays open):
 those are strict expected failures, so a model that passes one must take it off the list.
 """
@@ -34,7 +34,7 @@ SEEDS = (7101, 7102, 7103)
 MIN_CORRELATION = 0.85
 MIN_UNIFORMITY = 3.0
 MAX_SEAM_RATIO = 1.3
-#: Cases model 0.3.0 still fails, and why (measured with this test; README "Evidence").
+#: Cases model 0.3.0 still fails, and why (measured with this test; docs/model.md, "Evidence").
 KNOWN_GAPS: dict[tuple[str, int], str] = {
     ("small_head", 7101): "CSF not darker than muscle",
     ("small_head", 7102): "CSF not darker than muscle",

@@ -1,10 +1,14 @@
-"""README's commands run as written from a fresh clone after ``bash deploy/install.sh``.
+"""README's and the docs pages' commands run as written from a fresh clone after
+``bash deploy/install.sh``.
 
-Every ``ct2mri-node`` command line in README's shell blocks, and every inline command written
-with ``.venv/bin/``, goes through the CLI's own argparse parser in-process: the sub-command must
-exist and its flags must be accepted. Benchmark commands name scripts that exist and flags those
-scripts define; compose commands name services and profiles of ``deploy/compose.yaml``; every
-repository path README names exists. A failure names the README line (issue 12, item 9).
+README is the front door; the reference it links lives in ``docs/*.md`` (issue 21, part 4), and
+every page is checked alike. Every ``ct2mri-node`` command line in a page's shell blocks, and
+every inline command written with ``.venv/bin/``, goes through the CLI's own argparse parser
+in-process: the sub-command must exist and its flags must be accepted. Benchmark commands name
+scripts that exist and flags those scripts define; compose commands name services and profiles
+of ``deploy/compose.yaml``; every repository path a page names exists, and every relative link
+(images included) resolves from the page's own folder. A failure names the page and its line
+(issue 12, item 9).
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ from ct2mri_node.cli import COMMANDS, build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
+#: README first, then every docs page (the reference README links).
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+#: The pages the reference moved to, which README must link and which must hold commands.
+REFERENCE_PAGES = ("configuration", "routing", "model", "scale-out", "operations", "benchmarks", "reliability")
 #: How README writes the two programs of the virtual environment that deploy/install.sh creates.
 CLI, PYTHON = ".venv/bin/ct2mri-node", ".venv/bin/python"
 #: A word in capitals stands for the reader's own value (FILE, CT_DIR, JOB).
@@ -33,15 +41,16 @@ SEPARATORS = {"&&", "||", ";", "|", "&"}
 
 @dataclass(frozen=True)
 class Command:
-    """One simple command of README: where it is, how it was written, and its words."""
+    """One simple command of a page: where it is, how it was written, and its words."""
 
+    page: str
     line: int
     text: str
     argv: tuple[str, ...]
     inline: bool
 
     def where(self) -> str:
-        return f"README.md:{self.line}: {self.text}"
+        return f"{self.page}:{self.line}: {self.text}"
 
 
 def _words(line: str) -> list[str]:
@@ -51,7 +60,7 @@ def _words(line: str) -> list[str]:
     return list(lex)
 
 
-def _simple_commands(line: str, number: int, inline: bool) -> list[Command]:
+def _simple_commands(page: str, line: str, number: int, inline: bool) -> list[Command]:
     """The simple commands of a shell line, leading ``NAME=value`` assignments left out."""
     out: list[Command] = []
     current: list[str] = []
@@ -62,13 +71,13 @@ def _simple_commands(line: str, number: int, inline: bool) -> list[Command]:
         while current and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", current[0]):
             current.pop(0)
         if current:
-            out.append(Command(number, line.strip(), tuple(current), inline))
+            out.append(Command(page, number, line.strip(), tuple(current), inline))
         current = []
     return out
 
 
 def _logical_lines(body: str, first: int) -> list[tuple[int, str]]:
-    """(README line, text) per logical line of a shell block: continuations joined, and the
+    """(page line, text) per logical line of a shell block: continuations joined, and the
     body of a ``for VAR in A B; do ... done`` loop repeated once per value with ``$VAR`` set."""
     joined: list[tuple[int, str]] = []
     pending: tuple[int, str] | None = None
@@ -99,7 +108,7 @@ def _logical_lines(body: str, first: int) -> list[tuple[int, str]]:
 
 
 def _fences(text: str) -> list[tuple[str, int, str]]:
-    """(language, README line of the first body line, body) of every fenced block."""
+    """(language, page line of the first body line, body) of every fenced block."""
     out = []
     for match in re.finditer(r"^( *)```(\w*)\n(.*?)^\1```", text, re.MULTILINE | re.DOTALL):
         indent = len(match.group(1))
@@ -108,31 +117,33 @@ def _fences(text: str) -> list[tuple[str, int, str]]:
     return out
 
 
-def readme_commands() -> list[Command]:
-    """Every simple command of README's shell blocks and its inline ``.venv/bin/`` commands."""
-    text = README.read_text(encoding="utf-8")
+def page_commands(path: Path) -> list[Command]:
+    """Every simple command of a page's shell blocks and its inline ``.venv/bin/`` commands."""
+    text = path.read_text(encoding="utf-8")
+    page = str(path.relative_to(ROOT))
     commands: list[Command] = []
     for language, first, body in _fences(text):
         if language in ("sh", "bash", "shell"):
             for number, line in _logical_lines(body, first):
-                commands += _simple_commands(line, number, inline=False)
+                commands += _simple_commands(page, line, number, inline=False)
     # inline code spans, paired left to right outside the fenced blocks (blanked, lines kept)
     prose = re.sub(r"^( *)```.*?^\1```", lambda m: "\n" * m.group(0).count("\n"), text, flags=re.MULTILINE | re.DOTALL)
     for match in re.finditer(r"`([^`]+)`", prose):
         span = " ".join(match.group(1).split())
         if re.match(r"(\.venv/bin/\S+|docker compose) ", span):
-            commands += _simple_commands(span, prose.count("\n", 0, match.start()) + 1, inline=True)
+            commands += _simple_commands(page, span, prose.count("\n", 0, match.start()) + 1, inline=True)
     return commands
 
 
-COMMAND_LIST = readme_commands()
+COMMAND_LIST = [c for path in PAGES for c in page_commands(path)]
 CT2MRI = [c for c in COMMAND_LIST if Path(c.argv[0]).name == "ct2mri-node"]
 BENCHMARKS = [c for c in COMMAND_LIST if c.argv[0] == PYTHON and len(c.argv) > 1 and c.argv[1].startswith("benchmarks/")]
 COMPOSE = [c for c in COMMAND_LIST if c.argv[:2] == ("docker", "compose")]
 
 
-def test_extraction_finds_the_commands_readme_is_made_of() -> None:
-    """The parser below is not vacuous: README's main commands are among those found."""
+def test_extraction_finds_the_commands_the_pages_are_made_of() -> None:
+    """The parser below is not vacuous: the main commands of README and of the docs pages it
+    links are among those found, and each reference page contributes its own."""
     used = {c.argv[1] for c in CT2MRI if len(c.argv) > 1}
     assert {"serve", "worker", "phantoms", "translate", "train", "evaluate", "check-config", "explain",
             "status", "retry", "purge"} <= used, sorted(used)
@@ -141,6 +152,15 @@ def test_extraction_finds_the_commands_readme_is_made_of() -> None:
     # the evidence section's loop is expanded: one train command per architecture
     archs = {c.argv[c.argv.index("--arch") + 1] for c in CT2MRI if "--arch" in c.argv}
     assert {"enhanced", "ddpm", "unet"} <= archs
+    by_page = {page: {c.argv[1] for c in CT2MRI if c.page == page and len(c.argv) > 1}
+               for page in {c.page for c in COMMAND_LIST}}
+    # README keeps the two set-up commands and the quick start
+    assert {"serve", "phantoms", "translate", "status"} <= by_page["README.md"], by_page["README.md"]
+    for name in REFERENCE_PAGES:
+        assert any(c.page == f"docs/{name}.md" for c in COMMAND_LIST), f"docs/{name}.md: no command found"
+    assert {"train", "evaluate", "prepare"} <= by_page["docs/model.md"]
+    assert "worker" in by_page["docs/scale-out.md"] and "explain" in by_page["docs/routing.md"]
+    assert {c.page for c in BENCHMARKS} >= {"docs/benchmarks.md", "docs/model.md"}
 
 
 def test_shell_blocks_use_the_programs_install_sh_creates() -> None:
@@ -149,7 +169,7 @@ def test_shell_blocks_use_the_programs_install_sh_creates() -> None:
     assert not bare, "use .venv/bin/ct2mri-node and .venv/bin/python:\n" + "\n".join(bare)
 
 
-@pytest.mark.parametrize("command", CT2MRI, ids=lambda c: f"line{c.line}-{'-'.join(c.argv[1:3])}")
+@pytest.mark.parametrize("command", CT2MRI, ids=lambda c: f"{Path(c.page).stem}-line{c.line}-{'-'.join(c.argv[1:3])}")
 def test_ct2mri_node_command_is_accepted_by_the_cli_parser(command: Command) -> None:
     assert command.argv[0] == CLI, f"{command.where()}: write it as {CLI}"
     argv = ["1" if PLACEHOLDER.match(word) else word for word in command.argv[1:]]
@@ -173,7 +193,7 @@ def test_readme_lists_every_command_of_the_cli() -> None:
     assert not missing, f"README's list of commands leaves out {missing}"
 
 
-@pytest.mark.parametrize("command", BENCHMARKS, ids=lambda c: f"line{c.line}-{Path(c.argv[1]).stem}")
+@pytest.mark.parametrize("command", BENCHMARKS, ids=lambda c: f"{Path(c.page).stem}-line{c.line}-{Path(c.argv[1]).stem}")
 def test_benchmark_command_names_a_script_and_flags_that_exist(command: Command) -> None:
     script = ROOT / command.argv[1]
     assert script.is_file(), f"{command.where()}: no {command.argv[1]}"
@@ -185,16 +205,60 @@ def test_benchmark_command_names_a_script_and_flags_that_exist(command: Command)
             assert f'"{flag}"' in source, f"{command.where()}: {command.argv[1]} defines no {flag}"
 
 
-def test_every_repository_path_readme_names_exists() -> None:
-    text = README.read_text(encoding="utf-8")
-    paths = set(re.findall(r"(?<![\w./-])((?:benchmarks|deploy|docs|config|tests|ct2mri_node|\.ci)/[\w./@-]*\w/?)", text))
-    missing = sorted(p for p in paths if not (ROOT / p).exists())
-    assert len(paths) > 20 and not missing, f"README names paths that do not exist: {missing}"
+def _repository_paths(path: Path) -> set[str]:
+    """The repository paths a page names (written from the repository root, as in README)."""
+    text = path.read_text(encoding="utf-8")
+    return set(re.findall(r"(?<![\w./-])((?:benchmarks|deploy|docs|config|tests|ct2mri_node|\.ci)/[\w./@-]*\w/?)", text))
+
+
+@pytest.mark.parametrize("path", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_repository_path_a_page_names_exists(path: Path) -> None:
+    missing = sorted(p for p in _repository_paths(path) if not (ROOT / p).exists())
+    assert not missing, f"{path.relative_to(ROOT)} names paths that do not exist: {missing}"
+
+
+def test_the_pages_name_the_repository_paths_they_are_about() -> None:
+    paths = set().union(*(_repository_paths(p) for p in PAGES))
+    assert len(paths) > 20 and len(_repository_paths(README)) > 10
     named = {p for p in paths if p.startswith("benchmarks/")}
     assert named >= {f"benchmarks/{c.argv[1].split('/', 1)[1]}" for c in BENCHMARKS}
 
 
-@pytest.mark.parametrize("command", COMPOSE, ids=lambda c: f"line{c.line}")
+#: A markdown link or image: ``[text](target)`` / ``![alt](target)``; the target up to a space or ``)``.
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+
+
+@pytest.mark.parametrize("path", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_of_a_page_resolves_from_its_folder(path: Path) -> None:
+    """Links and images as a markdown viewer follows them: relative to the page (docs pages
+    link ``images/...`` and ``../config/...``, README ``docs/...``)."""
+    text = path.read_text(encoding="utf-8")
+    targets = [t for t in LINK.findall(text) if not re.match(r"^(https?:|mailto:|#)", t)]
+    broken = sorted(t for t in targets if not (path.parent / t.split("#", 1)[0]).exists())
+    assert not broken, f"{path.relative_to(ROOT)}: links that do not resolve from {path.parent.relative_to(ROOT) or '.'}/: {broken}"
+
+
+def test_readme_is_the_front_door_and_links_every_docs_page() -> None:
+    """README keeps what a newcomer needs first and links the reference instead of holding it."""
+    text = README.read_text(encoding="utf-8")
+    linked = set(re.findall(r"\]\((docs/[\w.-]+\.md)(?:#[\w-]*)?\)", text))
+    pages = {str(p.relative_to(ROOT)) for p in PAGES[1:]}
+    assert {f"docs/{name}.md" for name in (*REFERENCE_PAGES, "training")} <= pages
+    assert pages <= linked, f"README does not link {sorted(pages - linked)}"
+    for heading in ("## Set-up on a fresh machine", "## Quick start", "## Configuration", "## Evidence",
+                    "## Documentation"):
+        assert f"\n{heading}" in text, f"README lost its section {heading!r}"
+    # the two set-up commands, and CI runs the test command README gives
+    blocks = [body for language, _, body in _fences(text) if language == "sh"]
+    serve = "bash deploy/install.sh && .venv/bin/ct2mri-node serve --config config/ct2mri-node.yaml"
+    tests = "bash deploy/install.sh && .venv/bin/python -m pytest -q"
+    assert serve in blocks and tests in blocks, blocks[:2]
+    assert ".venv/bin/python -m pytest -q" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    # reference belongs in docs/: the front door stays short enough to read at once
+    assert text.count("\n") < 300, f"README has {text.count(chr(10))} lines: move reference material to docs/"
+
+
+@pytest.mark.parametrize("command", COMPOSE, ids=lambda c: f"{Path(c.page).stem}-line{c.line}")
 def test_compose_command_names_services_and_profiles_of_the_compose_file(command: Command) -> None:
     argv = list(command.argv[2:])
     assert argv[:2] == ["-f", "deploy/compose.yaml"], command.where()

@@ -26,7 +26,7 @@ def archives() -> Iterator[tuple[CaptureSCP, CaptureSCP]]:
 
 
 def _department(tmp_path: Path, tps: CaptureSCP, pacs: CaptureSCP) -> Path:
-    """README's worked example, with two tiny models of different architectures (so provenance
+    """The worked example of docs/routing.md, with two tiny models of different architectures (so provenance
     shows which one translated each series)."""
     head = make_tiny_checkpoint(tmp_path / "head-model", arch="enhanced")
     pelvis = make_tiny_checkpoint(tmp_path / "pelvis-model", arch="unet")
