@@ -36,7 +36,7 @@ from nodekit import (
 
 from ct2mri_node.config import DicomWebDestination, NodeConfig, parse_config
 from ct2mri_node.deliver.dicomweb import DicomWebBusy
-from ct2mri_node.deliver.send import echo, send_series
+from ct2mri_node.deliver.dispatch import echo, send_series
 from ct2mri_node.errors import ConfigError, SendError
 from ct2mri_node.node import Node
 from ct2mri_node.ops.health import check_destination
