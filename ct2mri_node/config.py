@@ -21,7 +21,9 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydicom.datadict import dictionary_VR, keyword_dict, tag_for_keyword
+from pydicom import config as dicom_config
+from pydicom.datadict import dictionary_VM, dictionary_VR, keyword_dict, tag_for_keyword
+from pydicom.valuerep import DSfloat, validate_value
 
 from .errors import ConfigError
 
@@ -121,10 +123,102 @@ class CallingAE(_Frozen):
     host: str | None = None
 
 
-class DicomDestination(_Frozen):
-    """A DICOM peer that receives the MR series by C-STORE."""
+#: Attributes a coercion may not touch: they identify the instances and describe their pixels,
+#: which stay as the node wrote them (the job's bookkeeping and every other destination rely on them).
+_UNCOERCIBLE = frozenset({
+    "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "SamplesPerPixel",
+    "PhotometricInterpretation", "NumberOfFrames", "PlanarConfiguration", "PixelData", "FloatPixelData",
+    "DoubleFloatPixelData",
+})
+_INT_VRS = frozenset({"US", "SS", "UL", "SL", "UV", "SV"})
+_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "SQ"})
+
+
+def _coerce_value(key: str, vr: str, value: Any) -> Any:
+    """One value for ``vr`` as pydicom takes it (numbers for DS/IS become their text); ValueError
+    saying why it does not fit."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value} is not a value for VR {vr}")
+    if vr == "DS" and isinstance(value, int | float):
+        value = str(DSfloat(value, auto_format=True))
+    elif vr == "IS" and isinstance(value, int | float):
+        if float(value) != int(value):
+            raise ValueError(f"{value} is not an integer (VR IS)")
+        value = str(int(value))
+    elif vr in ("FL", "FD") and isinstance(value, int):
+        value = float(value)
+    elif vr in _INT_VRS and not isinstance(value, int):
+        raise ValueError(f"{value!r} is not an integer (VR {vr})")
+    elif vr not in ("FL", "FD") and vr not in _INT_VRS and not isinstance(value, str):
+        hint = f' (quote it: "{value}")' if isinstance(value, int | float) else ""
+        raise ValueError(f"{value!r} is not text for VR {vr}{hint}")
+    validate_value(vr, value, dicom_config.RAISE)
+    return value
+
+
+def _check_coercion(key: Any, value: Any) -> Any:
+    """One ``coerce`` entry: a DICOM keyword that may be changed, and a value that fits its VR
+    and VM (None removes the attribute); the value as pydicom takes it, or ValueError."""
+    if not isinstance(key, str) or tag_for_keyword(key) is None:
+        close = difflib.get_close_matches(str(key), keyword_dict, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ValueError(f"{key!r} is not a DICOM keyword (e.g. RepetitionTime, InstitutionName){hint}")
+    tag = tag_for_keyword(key)
+    assert tag is not None
+    vr = str(dictionary_VR(tag))
+    if tag >> 16 == 0x0002 or vr == "UI" or key in _UNCOERCIBLE:
+        raise ValueError(f"{key} identifies the instance or describes its pixels; it is sent as written "
+                         "and cannot be coerced")
+    if value is None:
+        return None
+    if vr in _BINARY_VRS or " or " in vr:
+        raise ValueError(f"{key} has VR {vr}; a coercion can only remove it (null), not set it")
+    values = value if isinstance(value, list) else [value]
+    vm = str(dictionary_VM(tag))
+    if len(values) > 1 and vm == "1":
+        raise ValueError(f"{key} takes one value (VM 1), got {len(values)}")
+    if not values:
+        raise ValueError(f"an empty list is no value; write \"\" for an empty {key} or null to remove it")
+    try:
+        out = [_coerce_value(key, vr, v) for v in values]
+    except ValueError as exc:
+        raise ValueError(f"{value!r} does not fit {key} (VR {vr}): {str(exc).split('. Please see')[0]}") from None
+    return out if isinstance(value, list) else out[0]
+
+
+class _Destination(_Frozen):
+    """What every destination has: a name, and the attribute coercion applied when sending to it.
+
+    ``coerce`` (``{Keyword: value}``, null removes the attribute) changes what this destination
+    receives, as a PACS coerces attributes for a receiver with quirks; the spooled series, its
+    UIDs, its pixel data and what other destinations receive stay as written.
+    """
 
     name: Annotated[str, Field(min_length=1)]
+    coerce: dict[str, Any] = {}
+
+    @field_validator("coerce", mode="before")
+    @classmethod
+    def _coerce(cls, value: Any) -> Any:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ValueError("coerce is a mapping of DICOM keywords to a value (null removes the attribute)")
+        out: dict[str, Any] = {}
+        errors: list[tuple[tuple[int | str, ...], str]] = []
+        for key, item in value.items():
+            try:
+                out[key] = _check_coercion(key, item)
+            except ValueError as exc:
+                errors.append(((str(key),), str(exc)))
+        if errors:
+            raise KeyedErrors(errors)
+        return out
+
+
+class DicomDestination(_Destination):
+    """A DICOM peer that receives the MR series by C-STORE."""
+
     type: Literal["dicom"]
     ae_title: AETitle
     host: Annotated[str, Field(min_length=1)]
@@ -133,10 +227,9 @@ class DicomDestination(_Frozen):
     tls: ClientTls | None = None
 
 
-class FolderDestination(_Frozen):
+class FolderDestination(_Destination):
     """A folder that receives the MR series as files (``<path>/<series uid>/<sop uid>.dcm``)."""
 
-    name: Annotated[str, Field(min_length=1)]
     type: Literal["folder"]
     path: Path
 
@@ -172,10 +265,9 @@ class DicomWebAuth(_Frozen):
         return self
 
 
-class DicomWebDestination(_Frozen):
+class DicomWebDestination(_Destination):
     """A DICOMweb archive that receives the MR series by STOW-RS (``url``: the DICOMweb root)."""
 
-    name: Annotated[str, Field(min_length=1)]
     type: Literal["dicomweb"]
     url: Annotated[str, Field(min_length=1)]
     auth: DicomWebAuth | None = None

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install ct2mri-node and everything its tests need on a fresh Debian 12 machine.
 # Creates ./.venv (Python 3.11+) and installs the Debian peers the tests talk to (dcmtk, orthanc with
-# its DICOMweb plugin, redis, postgresql, plastimatch, dcm2niix, chromium with its driver).
+# its DICOMweb plugin, redis, postgresql, plastimatch, dcm2niix, chromium with its driver), and
+# ./.venv-opentps with OpenTPS, a treatment planning system the real-reader test loads our MR with.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,4 +31,10 @@ PY=${PYTHON:-python3}
 # installed first) would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
 .venv/bin/python -m pip install -q -e ".[test]"
-echo "ct2mri-node installed in $(pwd)/.venv"
+# OpenTPS (opentps-core, Apache-2.0) in a virtual environment of its own: it pins numpy 1.26 and
+# pulls pymedphys, pandas and scikit-image, which must not move the node's pins. Only the test
+# uses it (tests/dicom/test_real_readers.py runs its reader there); ~1 min, ~1.1 GB.
+[ -x .venv-opentps/bin/python ] || "$PY" -m venv .venv-opentps
+.venv-opentps/bin/python -m pip install -q --upgrade pip
+.venv-opentps/bin/python -m pip install -q "opentps-core==${OPENTPS_VERSION:-2.0.0}" matplotlib
+echo "ct2mri-node installed in $(pwd)/.venv (OpenTPS for the tests in $(pwd)/.venv-opentps)"

@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..deliver.send import echo
+    from ..deliver.dispatch import echo
 
     config = load_config(args.config)
     dest = config.destination(args.destination)

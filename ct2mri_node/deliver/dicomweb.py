@@ -1,6 +1,6 @@
 """DICOMweb destinations: store the MR series by STOW-RS, probe by QIDO-RS (``dicomweb-client``).
 
-Same semantics as a DICOM destination (``send.py``). One STOW-RS request carries the instances
+Same semantics as a DICOM destination (``send.py``; :mod:`.dispatch` picks the sender). One STOW-RS request carries the instances
 not yet stored; the response's ReferencedSOPSequence and FailedSOPSequence give per-instance
 results. Instances the archive confirmed are recorded in ``output/<job id>.dicomweb-<name>.json``
 beside the job's series (removed with it), so a later attempt sends only the others: each
@@ -29,7 +29,8 @@ from dicomweb_client.api import DICOMwebClient
 from ..config import DicomWebAuth, DicomWebDestination
 from ..errors import ConfigError, SendError
 from ..fsutil import atomic_write
-from .send import SendReport
+from .coerce import coerce_dataset
+from .report import SendReport
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ def send_dicomweb(destination: DicomWebDestination, files: Sequence[Path]) -> Se
     stored = _stored_before(sidecar)
     datasets = {}
     for path in files:
-        ds = pydicom.dcmread(path)
+        ds = coerce_dataset(pydicom.dcmread(path), destination.coerce)
         datasets[str(ds.SOPInstanceUID)] = ds
     todo = [uid for uid in datasets if uid not in stored]
     if not todo:

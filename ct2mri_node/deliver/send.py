@@ -1,4 +1,6 @@
-"""Destinations: send a written MR series (and its companions) to a DICOM peer (C-STORE) or a folder.
+"""DICOM destinations: send a written MR series (and its companions) to a DICOM peer by C-STORE.
+
+Which sender a destination gets is :mod:`.dispatch`'s job; this module knows only DICOM.
 
 The companion objects (Parametric Map uncertainty map, Secondary Capture QA image) are optional
 for a peer: one that accepts MR but rejects their presentation context still gets the MR, the
@@ -20,7 +22,6 @@ import logging
 import ssl
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
@@ -39,11 +40,11 @@ from pynetdicom.status import (
     code_to_category,
 )
 
-from ..config import DicomDestination, DicomWebDestination, FolderDestination
+from ..config import DicomDestination
 from ..errors import SendError
-from ..fsutil import atomic_write, fsync_dir
 from ..tcp import NO_DELAY_HANDLERS
-from .uids import is_valid_uid
+from .coerce import read_coerced
+from .report import SendReport
 
 log = logging.getLogger(__name__)
 
@@ -52,61 +53,6 @@ OPTIONAL_SOP_CLASSES: dict[str, str] = {
     "1.2.840.10008.5.1.4.1.1.30": "Parametric Map Storage (uncertainty map)",
     "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage (QA image)",
 }
-
-
-@dataclass(frozen=True)
-class SendReport:
-    """What a successful send delivered."""
-
-    destination: str
-    instances: int
-    seconds_to_first: float | None = None   # from the start of the send to the first stored instance
-    warnings: int = 0                       # instances stored with a Warning status (each logged)
-    skipped: tuple[str, ...] = ()           # companion SOP classes the peer did not accept (not sent)
-
-
-def send_series(
-    destination: DicomDestination | FolderDestination | DicomWebDestination, files: Sequence[Path],
-    calling_ae: str,
-) -> SendReport:
-    """Deliver ``files`` (one series) to ``destination``; SendError on any failure."""
-    if not files:
-        raise SendError(f"nothing to send to {destination.name}: the series has no files", permanent=True)
-    if isinstance(destination, FolderDestination):
-        return send_folder(destination, files)
-    if isinstance(destination, DicomWebDestination):   # STOW-RS (deliver/dicomweb.py)
-        from .dicomweb import send_dicomweb
-
-        return send_dicomweb(destination, files)
-    return send_dicom(destination, files, calling_ae)
-
-
-# -- folder -----------------------------------------------------------------------------
-def send_folder(destination: FolderDestination, files: Sequence[Path]) -> SendReport:
-    """Copy each file to ``<path>/<its series uid>/`` atomically (the MR series and each
-    companion in its own folder), file by file."""
-    by_series: dict[str, list[Path]] = {}
-    for path in files:
-        uid = str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
-                  .SeriesInstanceUID)
-        if not is_valid_uid(uid):
-            raise SendError(f"{path.name} has an invalid Series Instance UID {uid!r}", permanent=True)
-        by_series.setdefault(uid, []).append(path)
-    target = destination.path
-    try:
-        for series_uid, paths in by_series.items():
-            target = destination.path / series_uid
-            target.mkdir(parents=True, exist_ok=True)
-            for path in paths:
-                atomic_write(target / path.name, path.read_bytes(), sync_dir=False)
-            fsync_dir(target)
-    except OSError as exc:
-        raise SendError(
-            f"cannot write to folder destination {destination.name} ({target}): {exc.strerror or exc}"
-        ) from exc
-    log.info("wrote %d instances (%d series) to folder destination %s", len(files), len(by_series),
-             destination.name)
-    return SendReport(destination.name, len(files))
 
 
 # -- DICOM ------------------------------------------------------------------------------
@@ -232,7 +178,7 @@ def send_dicom(destination: DicomDestination, files: Sequence[Path], calling_ae:
     try:
         for path in sending:
             try:
-                status = assoc.send_c_store(path)
+                status = assoc.send_c_store(read_coerced(path, destination.coerce) if destination.coerce else path)
             except ValueError as exc:  # no accepted presentation context for this file
                 raise SendError(
                     f"destination {destination.name} does not accept {path.name}: {exc}", permanent=True
@@ -256,13 +202,8 @@ def _sop_class(path: Path) -> str:
     return str(pydicom.filereader.read_file_meta_info(path).MediaStorageSOPClassUID)
 
 
-def echo(destination: DicomDestination | DicomWebDestination, calling_ae: str) -> None:
-    """C-ECHO a DICOM destination (a QIDO-RS search for a DICOMweb one); SendError says what failed."""
-    if isinstance(destination, DicomWebDestination):
-        from .dicomweb import echo_dicomweb
-
-        echo_dicomweb(destination)
-        return
+def echo_dicom(destination: DicomDestination, calling_ae: str) -> None:
+    """C-ECHO a DICOM destination; SendError says what failed."""
     ae = _client_ae(calling_ae, destination)
     ae.add_requested_context(Verification)
     assoc = _associate(ae, destination)

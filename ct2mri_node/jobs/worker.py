@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import AnyDestination, NodeConfig
-from ..deliver.send import send_series
+from ..deliver.dispatch import send_series
 from ..errors import Ct2MriError, InputError, SendError, SeriesRejected, SpoolError
 from ..faults import fault_point
 from ..fsutil import fsync_dir

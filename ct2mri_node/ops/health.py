@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import AnyDestination, FolderDestination, NodeConfig
-from ..deliver.send import echo
+from ..deliver.dispatch import echo
 from ..errors import ConfigError, Ct2MriError
 from ..fsutil import write_temporary
 from ..jobs.store import JobStore

