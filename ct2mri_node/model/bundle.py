@@ -62,7 +62,7 @@ def _build(meta_path: Path, inference: Path) -> nn.Module:
         network = parser.get_parsed_content(key, instantiate=True)
     except CheckpointError:
         raise
-    except Exception as exc:  # noqa: BLE001 - the bundle's config can raise anything; name it
+    except Exception as exc:  # the bundle's config can raise anything; name it
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{inference}: cannot build the network ({type(exc).__name__}: {first})") from exc
     if not isinstance(network, nn.Module):
@@ -113,7 +113,7 @@ def _probe(network: BundleNetwork, card: ModelCard, where: Path) -> None:
     try:
         with torch.no_grad():
             out = network(patch, t)
-    except Exception as exc:  # noqa: BLE001 - any failure here is a bundle that cannot run
+    except Exception as exc:  # any failure here is a bundle that cannot run
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{where}: the network does not run on a {channels}-channel patch of "
                               f"{list(card.patch_size)} voxels ({first}); check network_data_format and "

@@ -98,12 +98,10 @@ def read_bundle_meta(bundle: str | os.PathLike[str]) -> BundleMeta:
     if weights is None:
         raise CheckpointError(f"{root}: no weights ({WEIGHT_FILES[0]} or {WEIGHT_FILES[1]})")
 
-    inputs = _channel_entry(data.get("network_data_format", {}).get("inputs")
-                            if isinstance(data.get("network_data_format"), dict) else None,
-                            "image", "network_data_format.inputs")
-    outputs = _channel_entry(data.get("network_data_format", {}).get("outputs")
-                             if isinstance(data.get("network_data_format"), dict) else None,
-                             "pred", "network_data_format.outputs")
+    data_format = data.get("network_data_format")
+    data_format = data_format if isinstance(data_format, dict) else {}
+    inputs = _channel_entry(data_format.get("inputs"), "image", "network_data_format.inputs")
+    outputs = _channel_entry(data_format.get("outputs"), "pred", "network_data_format.outputs")
     required = ("name", "version", f"{CARD_KEY}.spacing_mm", f"{CARD_KEY}.intensity.ct",
                 f"{inputs}.num_channels", f"{outputs}.num_channels")
     missing = []
