@@ -176,3 +176,21 @@ def test_config_takes_checkpoint_or_bundle_not_both(tmp_path: Path) -> None:
         parse_config(node_config_data(model={"checkpoint": "bundled", "bundle": "b"}), tmp_path)
     config = parse_config(node_config_data(model={"bundle": "b", "device": "cpu"}), tmp_path)
     assert config.model.bundle == str(tmp_path / "b")           # relative to the config's folder
+
+
+def test_translate_command_runs_a_bundle(tmp_path: Path, models: dict[str, Path]) -> None:
+    """``ct2mri-node translate --bundle`` (one series, no node): the foreign bundle's MR series."""
+    ct = make_ct_series(tmp_path / "ct", seed=9, slices=10, size=32)
+    done = subprocess.run([*CLI, "translate", "--input", str(tmp_path / "ct"), "--output", str(tmp_path / "mr"),
+                           "--bundle", str(models["foreign"]), "--device", "cpu"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    mr = [pydicom.dcmread(p) for p in sorted((tmp_path / "mr").rglob("*.dcm")) if p.is_file()]
+    mr = [d for d in mr if d.SOPClassUID == MR_STORAGE]
+    assert len(mr) == len(ct)
+    assert all("foreign-unet-test 1.2.0" in str(d.ContributingEquipmentSequence[0].ContributionDescription)
+               for d in mr)
+    both = subprocess.run([*CLI, "translate", "--input", str(tmp_path / "ct"), "--output", str(tmp_path / "x"),
+                           "--bundle", str(models["foreign"]), "--checkpoint", "bundled"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
