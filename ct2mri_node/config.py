@@ -2,7 +2,8 @@
 
 Unknown keys are errors, and every error names the offending key path
 (``destinations[1].port: ...``). Relative paths in the file (``spool_dir``, a folder
-destination's ``path``, a ``model.checkpoint`` directory) are resolved against the folder
+destination's ``path``, a ``model.checkpoint`` directory or
+``model.bundle`` folder) are resolved against the folder
 that holds the YAML file, so a config behaves the same from any working directory.
 
 Routing (issue 13): ``models:`` names several model settings (the single ``model:`` section
