@@ -26,6 +26,7 @@ COMMANDS: tuple[str, ...] = (
     "prepare",
     "train",
     "evaluate",
+    "export_bundle",
     "check_config",
     "explain",
     "echo",

@@ -2,7 +2,8 @@
 
 Unknown keys are errors, and every error names the offending key path
 (``destinations[1].port: ...``). Relative paths in the file (``spool_dir``, a folder
-destination's ``path``, a ``model.checkpoint`` directory) are resolved against the folder
+destination's ``path``, a ``model.checkpoint`` directory or
+``model.bundle`` folder) are resolved against the folder
 that holds the YAML file, so a config behaves the same from any working directory.
 
 Routing (issue 13): ``models:`` names several model settings (the single ``model:`` section
@@ -310,9 +311,12 @@ class SeriesSettings(_Frozen):
 
 
 class ModelSettings(_Frozen):
-    """Which checkpoint translates, on which device, with how many network evaluations and samples."""
+    """Which checkpoint (or MONAI bundle) translates, on which device, with how many network
+    evaluations and samples. ``bundle`` is the alternative to ``checkpoint``: exactly one of the
+    two is given (neither: the bundled checkpoint)."""
 
     checkpoint: str = "bundled"
+    bundle: str | None = None       # a MONAI bundle folder, instead of checkpoint
     device: str = "auto"
     steps: Annotated[int, Field(ge=1, le=1000)] | None = None   # None: the model card's default
     samples: Annotated[int, Field(ge=1, le=64)] = 1
@@ -325,6 +329,20 @@ class ModelSettings(_Frozen):
         if value not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", value):
             raise ValueError(f"{value!r} is not a device; use auto, cpu, cuda or cuda:N")
         return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSettings:
+        if self.bundle is not None and "checkpoint" in self.model_fields_set:
+            raise ValueError("give checkpoint or bundle, not both (bundle: a MONAI bundle folder, "
+                             "checkpoint: bundled or a checkpoint folder)")
+        if self.bundle is not None and not self.bundle.strip():
+            raise ValueError("bundle is empty; give the path of a MONAI bundle folder")
+        return self
+
+    @property
+    def source(self) -> str:
+        """What loads: ``bundle PATH`` or ``checkpoint PATH`` (for summaries and logs)."""
+        return f"bundle {self.bundle}" if self.bundle is not None else f"checkpoint {self.checkpoint}"
 
 
 class WorkerSettings(_Frozen):
@@ -751,8 +769,10 @@ def _resolve(config: NodeConfig, base: Path) -> NodeConfig:
         for d in config.destinations
     ]
     def checkpoint(model: ModelSettings) -> ModelSettings:
+        if model.bundle is not None and not Path(model.bundle).is_absolute():
+            return model.model_copy(update={"bundle": str(absolute(Path(model.bundle)))})
         ckpt = model.checkpoint
-        if ckpt != "bundled" and not Path(ckpt).is_absolute():
+        if model.bundle is None and ckpt != "bundled" and not Path(ckpt).is_absolute():
             return model.model_copy(update={"checkpoint": str(absolute(Path(ckpt)))})
         return model
 

@@ -56,6 +56,8 @@ def load_translator(config: NodeConfig, name: str | None = None) -> Any:
     settings_of = models[name] if name is not None else next(iter(models.values()))
     settings = TranslationSettings(steps=settings_of.steps, seed=settings_of.seed, device=settings_of.device,
                                    samples=settings_of.samples, overlap=settings_of.overlap)
+    if settings_of.bundle is not None:
+        return Translator(settings=settings, bundle=settings_of.bundle)
     return Translator(settings_of.checkpoint, settings)
 
 

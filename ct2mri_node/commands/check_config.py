@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from ..config import DEFAULT_MODEL_NAME, NodeConfig, RangeMatch, load_config
+from ..errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -15,7 +16,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser = subparsers.add_parser(
         "check-config",
         help="validate a YAML configuration (exit 0 if valid, 2 with the offending keys if not)",
-        description="Validate a YAML configuration file; errors name the offending key.",
+        description="Validate a YAML configuration file; errors name the offending key. A model's MONAI "
+                    "bundle is checked too (its metadata holds what the node needs).",
     )
     parser.add_argument("file", type=Path, help="YAML configuration file")
     parser.set_defaults(func=run)
@@ -36,7 +38,7 @@ def summary(config: NodeConfig) -> list[str]:
     models = config.named_models()
     for name, model in models.items():
         label = "model" if list(models) == [DEFAULT_MODEL_NAME] else f"model {name}"
-        lines.append(f"{label}: {model.checkpoint} on {model.device}, "
+        lines.append(f"{label}: {model.bundle if model.bundle is not None else model.checkpoint} on {model.device}, "
                      f"{model.steps or 'the model default'} steps, {model.samples} sample(s)")
     lines += _rules_summary(config)
     for dest in config.destinations:
@@ -84,8 +86,28 @@ def _rules_summary(config: NodeConfig) -> list[str]:
     return lines
 
 
+def check_bundles(config: NodeConfig, source: str) -> None:
+    """Every configured MONAI bundle holds what the node needs (its metadata, without torch):
+    ConfigError naming the model's key and the bundle's missing key, so a bad bundle is found
+    here rather than by the first series it should translate."""
+    from ..model.bundle_meta import read_bundle_meta
+
+    problems = []
+    for name, model in config.named_models().items():
+        if model.bundle is None:
+            continue
+        key = "model.bundle" if name == DEFAULT_MODEL_NAME and not config.models else f"models.{name}.bundle"
+        try:
+            read_bundle_meta(model.bundle)
+        except CheckpointError as exc:
+            problems.append(f"  {key}: {exc}")
+    if problems:
+        raise ConfigError(f"invalid configuration {source}:\n" + "\n".join(problems))
+
+
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.file)
+    check_bundles(config, str(args.file))
     print(f"{args.file}: valid")
     for line in summary(config):
         print(f"  {line}")

@@ -31,8 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     parser.add_argument("--input", required=True, type=Path, help="folder holding one CT series")
     parser.add_argument("--output", required=True, type=Path, help="folder to write the MR series into")
-    parser.add_argument("--checkpoint", default="bundled",
-                        help="checkpoint directory, or 'bundled' for the demonstration model (default)")
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument("--checkpoint", default="bundled",
+                       help="checkpoint directory, or 'bundled' for the demonstration model (default)")
+    model.add_argument("--bundle", help="a MONAI bundle folder instead of a checkpoint (docs/training.md)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     parser.add_argument("--steps", type=int, help="network evaluations per patch and sample (default: the model's)")
     parser.add_argument("--samples", type=int, default=1, help="samples averaged into the MR (default 1)")
@@ -57,9 +59,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 class _LazyTranslator:
     """Loads the model on the first ``translate`` call, i.e. only after the CT was accepted."""
 
-    def __init__(self, checkpoint: str, settings: Any) -> None:
+    def __init__(self, checkpoint: str, settings: Any, bundle: str | None = None) -> None:
         self._checkpoint = checkpoint
         self._settings = settings
+        self._bundle = bundle
         self.translator: Any = None
 
     def translate(self, ct_hu: np.ndarray, spacing: tuple[float, float, float],
@@ -67,7 +70,7 @@ class _LazyTranslator:
         if self.translator is None:
             from ..model.translator import Translator
 
-            self.translator = Translator(self._checkpoint, self._settings)
+            self.translator = Translator(self._checkpoint, self._settings, bundle=self._bundle)
         return self.translator.translate(ct_hu, spacing, progress)
 
 
@@ -120,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--input {args.input} holds no DICOM files; give a CT DICOM series")
     settings = TranslationSettings(steps=args.steps, sampler=args.sampler, seed=args.seed,
                                    device=args.device, samples=args.samples, overlap=args.overlap)
-    translator = _LazyTranslator(args.checkpoint, settings)
+    translator = _LazyTranslator(args.checkpoint, settings, args.bundle)
     outcome = run_pipeline(datasets, translator, options)
     write_series(outcome.all_datasets, args.output)
     seconds = time.perf_counter() - start

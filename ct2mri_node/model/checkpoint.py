@@ -91,12 +91,16 @@ class ModelCard:
 
 @dataclass
 class Checkpoint:
-    """A loaded checkpoint: its card, the network with weights, and the weights' sha256."""
+    """A loaded checkpoint: its card, the network with weights, and the weights' sha256.
+
+    ``source`` says where it came from: "checkpoint" (our format) or "bundle" (a MONAI bundle,
+    :mod:`.bundle`)."""
 
     card: ModelCard
     network: nn.Module
     weight_hash: str
     path: Path
+    source: str = "checkpoint"
 
 
 def resolve(checkpoint: str | os.PathLike[str]) -> Path:

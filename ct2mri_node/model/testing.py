@@ -59,3 +59,52 @@ def make_tiny_checkpoint(directory: str | os.PathLike[str], arch: str = "enhance
         torch.manual_seed(seed)
         network = build_network(arch, card.network)
     return save_checkpoint(directory, card, network)
+
+
+#: A foreign network for bundle tests: MONAI's own UNet, known to the bundle's config only.
+FOREIGN_UNET = {"_target_": "UNet", "spatial_dims": 3, "in_channels": 2, "out_channels": 1,
+                "channels": [4, 8], "strides": [2], "num_res_units": 0}
+#: Its CT mapping: two windows (not the node's default four), so the card must be honoured.
+FOREIGN_WINDOWS = ((40.0, 400.0), (500.0, 3000.0))
+
+
+def make_foreign_bundle(directory: str | os.PathLike[str], seed: int = 0, weights: str = "pt") -> Path:
+    """Write a MONAI bundle whose network exists only in its ``configs/inference.json`` (MONAI's
+    ``UNet``, regression, 2 CT windows, 4 mm, patch 16^3) with seeded random weights in
+    ``models/model.pt`` (``weights="pt"``) or ``models/model.safetensors``; return the folder.
+
+    It stands for a network trained elsewhere: nothing of ours builds it."""
+    import json
+
+    from monai.bundle import ConfigParser
+    from safetensors.torch import save_file
+
+    from .pre_post import IntensityMapping
+
+    root = Path(directory)
+    (root / "configs").mkdir(parents=True, exist_ok=True)
+    (root / "models").mkdir(parents=True, exist_ok=True)
+    inference = {"network_def": dict(FOREIGN_UNET), "network": "$@network_def"}
+    metadata = {
+        "version": "1.2.0",
+        "name": "foreign-unet-test",
+        "description": "SYNTHETIC, NOT FOR DIAGNOSIS. A MONAI UNet with random weights, for tests",
+        "intended_use": "tests only; synthetic, not for diagnosis",
+        "network_data_format": {
+            "inputs": {"image": {"type": "image", "num_channels": FOREIGN_UNET["in_channels"]}},
+            "outputs": {"pred": {"type": "image", "num_channels": FOREIGN_UNET["out_channels"]}},
+        },
+        "ct2mri_node": {"architecture": "unet", "spacing_mm": [4.0, 4.0, 4.0], "patch_size": [16, 16, 16],
+                        "intensity": IntensityMapping(FOREIGN_WINDOWS).to_card()},
+    }
+    (root / "configs" / "inference.json").write_text(json.dumps(inference, indent=2), encoding="utf-8")
+    (root / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2), encoding="utf-8")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        network = ConfigParser(inference).get_parsed_content("network_def")
+    state = {k: v.detach().contiguous() for k, v in network.state_dict().items()}
+    if weights == "pt":
+        torch.save(state, root / "models" / "model.pt")
+    else:
+        save_file(state, str(root / "models" / "model.safetensors"))
+    return root

@@ -109,6 +109,9 @@ class ModelInfo:
     architecture: str
     weight_hash: str
     description: str
+    #: "checkpoint" (our format) or "bundle" (a MONAI bundle; ``architecture`` then also names
+    #: the bundle's network class, and ``weight_hash`` is the sha256 of its weights file).
+    source: str = "checkpoint"
 
 
 @dataclass
@@ -181,13 +184,24 @@ def resolve_device(name: str) -> tuple[torch.device, torch.dtype | None]:
 
 
 class Translator:
-    """Loads a checkpoint once and translates CT volumes to synthetic MR volumes."""
+    """Loads a checkpoint (or a MONAI bundle) once and translates CT volumes to synthetic MR volumes."""
 
     def __init__(self, checkpoint: str | os.PathLike[str] = "bundled",
-                 settings: TranslationSettings = TranslationSettings()) -> None:
-        self._ckpt: Checkpoint = load_checkpoint(checkpoint)
+                 settings: TranslationSettings = TranslationSettings(), *,
+                 bundle: str | os.PathLike[str] | None = None) -> None:
+        if bundle is not None:
+            from .bundle import load_bundle   # monai.bundle is imported only for bundles
+
+            self._ckpt: Checkpoint = load_bundle(bundle)
+        else:
+            self._ckpt = load_checkpoint(checkpoint)
         card = self._ckpt.card
-        self.model_info = ModelInfo(card.name, card.version, card.architecture, self._ckpt.weight_hash, card.description)
+        architecture = card.architecture
+        if self._ckpt.source == "bundle":
+            inner = getattr(self._ckpt.network, "net", self._ckpt.network)
+            architecture = f"{card.architecture}, MONAI bundle {type(inner).__name__}"
+        self.model_info = ModelInfo(card.name, card.version, architecture, self._ckpt.weight_hash, card.description,
+                                    source=self._ckpt.source)
         self._device, self._autocast = resolve_device(settings.device)
         # Built once (validating the settings early) and reused: MONAI's DDIM/DDPM ``step`` reads
         # the scheduler's tables without changing them, so every translate starts from the same plan.
