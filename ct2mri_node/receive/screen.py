@@ -31,6 +31,6 @@ def screen_series(paths: Iterable[Path], limits: VolumeLimits) -> SeriesRejected
         check_headers(read_series(paths), limits)   # pixel data stays in the files
     except SeriesRejected as exc:
         return exc
-    except Exception:  # noqa: BLE001 (not the sender's fault: let the worker decide and record it)
+    except Exception:  # not the sender's fault: the worker decides and records it
         log.exception("could not screen a series before queueing it; queueing it unscreened")
     return None

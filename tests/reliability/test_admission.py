@@ -23,7 +23,6 @@ from relkit import raw_sending, write_raw
 
 from ct2mri_node.config import NodeConfig
 from ct2mri_node.errors import ConfigError
-from ct2mri_node.jobs.store import JobStore
 from ct2mri_node.node import Node
 
 OUT_OF_RESOURCES = 0xA700
@@ -175,23 +174,3 @@ def test_per_ae_share_above_the_queue_is_a_config_error(tmp_path: Path) -> None:
         node_config(tmp_path, limits={"max_queued_jobs": 4, "max_queued_jobs_per_ae": 5})
     assert node_config(tmp_path, limits={"max_queued_jobs": 5}).limits.queued_jobs_per_ae == 3   # rounded up
 
-
-def test_schema_1_store_gains_the_calling_ae_column(tmp_path: Path) -> None:
-    """A version-1 SQLite job store (before refused and calling_ae) opens as version 2 with its jobs."""
-    import sqlite3
-
-    from ct2mri_node.jobs.store import _SCHEMA
-
-    path = tmp_path / "jobs.sqlite3"
-    with sqlite3.connect(path) as conn:
-        conn.executescript(_SCHEMA)
-        conn.execute("INSERT INTO schema_version (version) VALUES (1)")
-        conn.execute("INSERT INTO jobs (series_uid, study_uid, state, created_at, updated_at)"
-                     " VALUES ('1.2', '1', 'queued', 0, 0)")
-    store = JobStore(path)
-    (job,) = store.list()
-    assert job.state == "queued" and job.calling_ae is None
-    with store.connect() as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == 2
-    store.series_refused("1.3", "1", 0.0, "series refused (not_ct): test", "PACS")
-    assert [j.state for j in store.list()] == ["queued", "refused"] and store.queued() == 1
