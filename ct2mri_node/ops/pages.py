@@ -146,7 +146,7 @@ def job_page(job: Job, info: SeriesInfo, provenance: Mapping[str, Any] | None, i
         ("purged", _when(job.purged_at) if job.purged_at else "no"),
     ])
     body = f'<p><a href="/">all jobs</a></p><h1>job {job.id}</h1><div class="cols"><div>{summary}'
-    if viewer.csrf is not None and job.state == "failed" and job.purged_at is None:
+    if viewer.csrf is not None and job.state in ("failed", "refused") and job.purged_at is None:
         body += (f'<form method="post" action="/jobs/{job.id}/retry"><input type="hidden" name="csrf" '
                  f'value="{escape(viewer.csrf)}"><button type="submit">Retry</button> '
                  f'<span class="small">as {escape(viewer.user or "")}</span></form>')

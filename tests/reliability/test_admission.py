@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from nodekit import CaptureSCP, free_port, make_ct_series, node_config, store, wait_for
+from nodekit import CaptureSCP, free_port, http_get, make_ct_series, node_config, store, wait_for
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage  # type: ignore[attr-defined]
 from relkit import raw_sending, write_raw
 
@@ -74,7 +74,8 @@ def _junk(template: pydicom.Dataset, folder: Path) -> tuple[list[Path], dict[str
 
 def _config(tmp_path: Path, destination: dict[str, object], **limits: int) -> NodeConfig:
     return node_config(tmp_path, destinations=[destination], limits={"max_queued_jobs": 4, **limits},
-                       series={"quiet_period_s": 0.5, "min_slices": 8, "restart_hold_s": 0})
+                       series={"quiet_period_s": 0.5, "min_slices": 8, "restart_hold_s": 0},
+                       ops={"http_port": 0})
 
 
 @pytest.mark.parametrize("good_ae", ["PACS", "OTHER"], ids=["same-ae", "second-ae"])
@@ -114,6 +115,11 @@ def test_junk_does_not_starve_a_good_series(
     for reason, count in by_reason.items():
         assert node.metrics.registry.get_sample_value("ct2mri_series_refused_total", {"reason": reason}) == count
     assert node.metrics.registry.get_sample_value("ct2mri_jobs", {"state": "refused"}) == len(accepted)
+    assert node.health is not None                                     # the status page lists them
+    code, body = http_get(node.health.port, "/?state=refused")
+    html = body.decode()
+    assert code == 200 and f">refused ({len(accepted)})</a>" in html
+    assert html.count('class="s-refused">refused</span>') == min(len(accepted), 50)
 
 
 def test_one_ae_gets_its_share_while_another_is_admitted(
