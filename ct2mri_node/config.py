@@ -261,9 +261,9 @@ class LimitSettings(_Frozen):
     @model_validator(mode="after")
     def _share_within_queue(self) -> LimitSettings:
         if self.max_queued_jobs_per_ae is not None and self.max_queued_jobs_per_ae > self.max_queued_jobs:
-            raise KeyedErrors([(("max_queued_jobs_per_ae",),
-                                f"{self.max_queued_jobs_per_ae} is above max_queued_jobs ({self.max_queued_jobs});"
-                                " one AE's share cannot exceed the whole queue")])
+            message = (f"{self.max_queued_jobs_per_ae} is above max_queued_jobs ({self.max_queued_jobs});"
+                       " one AE's share cannot exceed the whole queue")
+            raise KeyedErrors([(("max_queued_jobs_per_ae",), message)])
         return self
 
     @property

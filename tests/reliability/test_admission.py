@@ -17,7 +17,15 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from nodekit import CaptureSCP, free_port, http_get, make_ct_series, node_config, store, wait_for
+from nodekit import (
+    CaptureSCP,
+    free_port,
+    http_get,
+    make_ct_series,
+    node_config,
+    store,
+    wait_for,
+)
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage  # type: ignore[attr-defined]
 from relkit import raw_sending, write_raw
 
