@@ -123,6 +123,8 @@ def test_junk_does_not_starve_a_good_series(
     for reason, count in by_reason.items():
         assert node.metrics.registry.get_sample_value("ct2mri_series_refused_total", {"reason": reason}) == count
     assert node.metrics.registry.get_sample_value("ct2mri_jobs", {"state": "refused"}) == len(accepted)
+    print(f"\njunk: {JUNK} objects, statuses {dict(Counter(hex(s) for s in statuses))}, {len(accepted)} series "
+          f"refused at completion ({dict(by_reason)}); good series from {good_ae}: 24 x 0x0000, delivered once")
     assert node.health is not None                                     # the status page lists them
     code, body = http_get(node.health.port, "/?state=refused")
     html = body.decode()
