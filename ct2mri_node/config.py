@@ -364,6 +364,25 @@ class LimitSettings(_Frozen):
     max_instance_mb: Annotated[float, Field(gt=0)] = 256.0      # larger C-STORE data sets: 0xA700
     max_instances_per_series: Annotated[int, Field(ge=1)] = 5000
     max_queued_jobs: Annotated[int, Field(ge=1)] = 100          # at this many, instances of NEW series: 0xA700
+    #: One calling AE's share of the queue: at this many of ITS series queued, its new series get
+    #: 0xA700 while other AEs are still admitted. None (the default): half of max_queued_jobs,
+    #: rounded up (50 of 100); a node with one sender sets it to max_queued_jobs.
+    max_queued_jobs_per_ae: Annotated[int, Field(ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _share_within_queue(self) -> LimitSettings:
+        if self.max_queued_jobs_per_ae is not None and self.max_queued_jobs_per_ae > self.max_queued_jobs:
+            message = (f"{self.max_queued_jobs_per_ae} is above max_queued_jobs ({self.max_queued_jobs});"
+                       " one AE's share cannot exceed the whole queue")
+            raise KeyedErrors([(("max_queued_jobs_per_ae",), message)])
+        return self
+
+    @property
+    def queued_jobs_per_ae(self) -> int:
+        """The per-AE share in force: ``max_queued_jobs_per_ae``, else half the queue rounded up."""
+        if self.max_queued_jobs_per_ae is not None:
+            return self.max_queued_jobs_per_ae
+        return max(1, -(-self.max_queued_jobs // 2))
 
 
 class UrgentRule(_Frozen):
@@ -610,7 +629,7 @@ class RetentionSettings(_Frozen):
     """When the spool forgets finished work: the CT input and MR output of old jobs (records stay)."""
 
     delivered_hours: Annotated[float, Field(gt=0)] | None = 168.0   # done jobs finished this long ago; None: keep forever
-    failed_hours: Annotated[float, Field(gt=0)] | None = None       # failed jobs; None: keep until an admin acts
+    failed_hours: Annotated[float, Field(gt=0)] | None = None       # failed and refused jobs; None: keep until an admin acts
     sweep_interval_s: Seconds = 600.0                                # how often a receiving node looks
 
 

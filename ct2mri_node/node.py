@@ -24,12 +24,12 @@ from typing import Any
 from pydicom import Dataset
 
 from .config import NodeConfig
-from .errors import ConfigError, Ct2MriError, JobError
+from .errors import ConfigError, Ct2MriError, JobError, SeriesRejected
 from .faults import fault_point
 from .jobs.models import ModelPool
 from .jobs.queue import JobDispatch, LeasedClaims, Publisher, priority_for, worker_identity
 from .jobs.store import JobStore, open_job_store
-from .jobs.worker import Worker, route_of
+from .jobs.worker import Worker, route_of, volume_limits
 from .ops.health import HealthServer
 from .ops.metrics import NodeMetrics
 from .ops.observer import OpsObserver
@@ -38,6 +38,7 @@ from .ops.retention import enabled as retention_enabled
 from .receive.completion import CompletionWatcher
 from .receive.lock import ReceiverLock
 from .receive.scp import Admission, StoreSCP
+from .receive.screen import screen_series
 from .receive.spool import Spool, read_header
 from .route.facts import SeriesFacts, read_facts, scan_series_folder
 from .route.rules import Decision, decide
@@ -78,6 +79,7 @@ class Node:
                               "with the local queue no other process would translate")
         self.config = config
         self.role = role
+        self._limits = volume_limits(config)
         self.metrics = NodeMetrics(receives=True, translates=role == "all")
         self.spool = Spool(config.spool_dir)
         self.metrics.observe_spool(self.spool)
@@ -100,19 +102,30 @@ class Node:
         return self.config.queue.backend == "celery"
 
     # completion sink: the job store, plus waking the worker
-    def series_received(self, series_uid: str, study_uid: str) -> None:
-        """First instance of a series: open its ``received`` job record."""
-        self._store().series_received(series_uid, study_uid)
+    def series_received(self, series_uid: str, study_uid: str, calling_ae: str | None = None) -> None:
+        """First instance of a series: open its ``received`` job record (with its sender)."""
+        self._store().series_received(series_uid, study_uid, calling_ae)
 
     def series_complete(
         self, series_uid: str, study_uid: str, last_instance_at: float, calling_ae: str | None = None
     ) -> None:
-        """Series complete: route it by the rules, then queue its job and wake the worker (or
-        record it ignored, removing its CT, or refused)."""
+        """Series complete: route it by the rules, screen its headers, then queue its job and wake
+        the worker (or record it ignored, removing its CT, or refused, keeping its CT)."""
         fault_point("after_spool_before_job")
+        if calling_ae is None:   # completed after a restart: the sender recorded when it began
+            calling_ae = self._store().calling_ae_of(series_uid)
         decided_at = time.monotonic()
         decision = self._decide(series_uid, calling_ae)
         translate = decision.action == "translate"
+        if translate:
+            rejection = self._screen(series_uid)
+            if rejection is not None:
+                self._store().series_refused(series_uid, study_uid, last_instance_at,
+                                             f"series refused ({rejection.reason}): {rejection}", calling_ae)
+                self.metrics.series_refused.labels(reason=rejection.reason).inc()
+                log.warning("series %s from %s refused before queueing (%s): %s", series_uid,
+                            calling_ae or "an unknown AE", rejection.reason, rejection)
+                return
         priority = self._priority(series_uid, calling_ae) if self.dispatch is not None and translate else None
         # set on the open job before it is queued, so no sweep can publish it with the default
         early = self.dispatch.set_priority(series_uid, priority) if self.dispatch and priority else None
@@ -155,6 +168,15 @@ class Node:
             return Decision(rule="(unreadable)", action="refuse", model=None, destinations=None,
                             reason=f"the series' header cannot be read for routing: {exc}")
         return decide(self.config, facts)
+
+    def _screen(self, series_uid: str) -> SeriesRejected | None:
+        """Why the spooled series can never be translated (header checks only), or None."""
+        try:
+            paths = self.spool.instance_paths(series_uid)
+        except Ct2MriError as exc:   # no files: the worker records it, as before screening
+            log.warning("series %s could not be screened: %s", series_uid, exc)
+            return None
+        return screen_series(paths, self._limits)
 
     def _remove_ignored(self, series_uid: str, job_id: int, decided_at: float) -> None:
         """An ignored series' spooled CT is removed (kept when an instance arrived since the
@@ -206,7 +228,8 @@ class Node:
         if retention_enabled(self.config.retention):
             self.retention = RetentionSweeper(self.store, self.spool, self.config.retention, self.watcher.pending)
             self.retention.start()
-        admission = Admission(self.config.limits, lambda: self._store().count("queued"))
+        admission = Admission(self.config.limits, lambda: self._store().queued(),
+                              lambda calling_ae: self._store().queued(calling_ae))
         self.scp = StoreSCP(self.config.node, self.config.calling_aes, self.spool, self.watcher, admission)
         self.scp.start()
 

@@ -2,8 +2,10 @@
 several machines (``job_store.url``; :mod:`ct2mri_node.jobs.database` speaks both).
 
 One job per complete series, with its state
-(``received -> queued -> translating -> sending -> done | failed``, or ``received -> ignored``
-when a routing rule leaves the series alone), timestamps, attempts, the reason for any failure,
+(``received -> queued -> translating -> sending -> done | failed``, ``received -> ignored``
+when a routing rule leaves the series alone, or ``received -> refused`` when the series' headers
+show at completion that it can never be translated; a refused job never counts as queued),
+the calling AE title that sent it, timestamps, attempts, the reason for any failure,
 stage timings, the routing decision (rule, action, model, destinations) and one delivery row
 per destination.
 :mod:`ct2mri_node.jobs.queue` adds leases and publishing beside these tables for worker processes.
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STATES = ("received", "queued", "translating", "sending", "done", "failed", "ignored")
+STATES = ("received", "queued", "translating", "sending", "done", "failed", "ignored", "refused")
 #: What a routing decision does with a series (``route/rules.py``).
 ROUTE_ACTIONS = ("translate", "ignore", "refuse")
 #: States in which the series may still gain instances and the job has not started.
@@ -38,10 +40,17 @@ OPEN_STATES = ("received", "queued")
 #: States of a job that still needs its series' spooled CT (retention never removes it then).
 ACTIVE_STATES = ("received", "queued", "translating", "sending")
 
+#: States of a finished job whose files retention may remove (``refused`` kept as long as ``failed``).
+FINISHED_STATES = ("done", "failed", "ignored", "refused")
+
 #: The schema version this code writes; see :meth:`JobStore._migrate`.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: (version, statements) steps after version 1, oldest first (portable SQL for both servers).
-MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = ()
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    # 2: the calling AE of each series, for limits.max_queued_jobs_per_ae (and status)
+    (2, ("ALTER TABLE jobs ADD COLUMN calling_ae TEXT",
+         "CREATE INDEX IF NOT EXISTS jobs_state_ae ON jobs(state, calling_ae)")),
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -124,6 +133,7 @@ class Job:
     action: str | None = None        # translate | ignore | refuse
     model: str | None = None         # the named model that translates it (translate only)
     destinations: tuple[str, ...] | None = None   # where its results go; None: every destination
+    calling_ae: str | None = None    # AE title that sent the series (None: unknown, e.g. older records)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (for ``status --json``)."""
@@ -218,16 +228,20 @@ class JobStore:
         return self.db.transaction(serial)  # type: ignore[no-any-return]
 
     # -- completion sink ---------------------------------------------------------------
-    def series_received(self, series_uid: str, study_uid: str) -> None:
-        """Open a ``received`` job for a series unless one is already open."""
+    def series_received(self, series_uid: str, study_uid: str, calling_ae: str | None = None) -> None:
+        """Open a ``received`` job for a series unless one is already open; ``calling_ae`` is kept
+        on it (durable, so the sender is still known when the series completes after a restart)."""
         now = time.time()
         with self.transaction() as conn:
-            if self.open_job_id(conn, series_uid) is None:
+            job_id = self.open_job_id(conn, series_uid)
+            if job_id is None:
                 conn.execute(
-                    "INSERT INTO jobs (series_uid, study_uid, state, created_at, updated_at)"
-                    " VALUES (?, ?, 'received', ?, ?)",
-                    (series_uid, study_uid, now, now),
+                    "INSERT INTO jobs (series_uid, study_uid, state, created_at, updated_at, calling_ae)"
+                    " VALUES (?, ?, 'received', ?, ?, ?)",
+                    (series_uid, study_uid, now, now, calling_ae),
                 )
+            elif calling_ae is not None:
+                conn.execute("UPDATE jobs SET calling_ae=COALESCE(calling_ae, ?) WHERE id=?", (calling_ae, job_id))
 
     def series_complete(
         self, series_uid: str, study_uid: str, last_instance_at: float, calling_ae: str | None = None,
@@ -235,12 +249,57 @@ class JobStore:
     ) -> int:
         """The series is complete: queue its open job (creating one if needed), or, as ``route``
         says, record it ignored or refused; returns the job id."""
-        job_id = self.enqueue(series_uid, study_uid, last_instance_at, route)
+        job_id = self.enqueue(series_uid, study_uid, last_instance_at, route, calling_ae)
         state = "queued" if route is None or route.action == "translate" else route.action
         log.info("job %d for series %s: %s", job_id, series_uid,
                  state if route is None else f"{state} by rule {route.rule!r}")
         self._notify("series_completed")
         return job_id
+
+    def series_refused(
+        self, series_uid: str, study_uid: str, last_instance_at: float, reason: str, calling_ae: str | None = None,
+    ) -> int:
+        """The complete series can never be translated: its open job (or a new one) ends ``refused``
+        with ``reason``, never having been queued; returns the job id. Its files stay in the spool."""
+        now = time.time()
+        with self.transaction() as conn:
+            job_id = self.open_job_id(conn, series_uid)
+            if job_id is None:
+                cur = conn.execute(
+                    "INSERT INTO jobs (series_uid, study_uid, state, created_at, updated_at)"
+                    " VALUES (?, ?, 'refused', ?, ?)",
+                    (series_uid, study_uid, now, now),
+                )
+                job_id = int(cur.lastrowid or 0)
+            conn.execute(
+                "UPDATE jobs SET state='refused', reason=?, finished_at=?, updated_at=?, last_instance_at=?,"
+                " calling_ae=COALESCE(?, calling_ae) WHERE id=?",
+                (reason, now, now, last_instance_at, calling_ae, job_id),
+            )
+        log.info("job %d for series %s: refused (%s)", job_id, series_uid, reason)
+        self._notify("series_completed")
+        return job_id
+
+    def calling_ae_of(self, series_uid: str) -> str | None:
+        """The calling AE recorded on the series' open job (None: no open job, or not recorded)."""
+        with self.connect() as conn:
+            job_id = self.open_job_id(conn, series_uid)
+            if job_id is None:
+                return None
+            row = conn.execute("SELECT calling_ae FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return None if row is None else row["calling_ae"]
+
+    def queued(self, calling_ae: str | None = None) -> int:
+        """Jobs waiting in the translation queue (``queued``), all of them or those ``calling_ae``
+        sent: the backlog the SCP's ``limits.max_queued_jobs`` and ``max_queued_jobs_per_ae`` read.
+        Received, refused, ignored and finished jobs never count."""
+        with self.connect() as conn:
+            if calling_ae is None:
+                row = conn.execute("SELECT COUNT(*) FROM jobs WHERE state='queued'").fetchone()
+            else:
+                row = conn.execute("SELECT COUNT(*) FROM jobs WHERE state='queued' AND calling_ae=?",
+                                   (calling_ae,)).fetchone()
+        return int(row[0])
 
     def _notify(self, event: str, *args: Any) -> None:
         """Call ``event`` on every listener; a listener's error is logged, never raised."""
@@ -253,7 +312,7 @@ class JobStore:
     # -- the queue -----------------------------------------------------------------------
     def enqueue(
         self, series_uid: str, study_uid: str, last_instance_at: float | None = None,
-        route: Route | None = None,
+        route: Route | None = None, calling_ae: str | None = None,
     ) -> int:
         """Queue the series' open job, or a new one; returns the job id (one per open series).
 
@@ -271,9 +330,9 @@ class JobStore:
                 )
                 job_id = int(cur.lastrowid or 0)
             conn.execute(
-                "UPDATE jobs SET state='queued', queued_at=?, updated_at=?, last_instance_at=?"
-                " WHERE id=?",
-                (now, now, last_instance_at, job_id),
+                "UPDATE jobs SET state='queued', queued_at=?, updated_at=?, last_instance_at=?,"
+                " calling_ae=COALESCE(?, calling_ae) WHERE id=?",
+                (now, now, last_instance_at, calling_ae, job_id),
             )
             if route is not None:
                 self._record_route(conn, job_id, route, now)
@@ -406,14 +465,14 @@ class JobStore:
         self._update(job_id, "state='queued', not_before=?, reason=?", (due, reason))
 
     def retry(self, job_id: int) -> Job:
-        """Queue a failed (or done) job again now; failed deliveries become pending."""
+        """Queue a failed, refused (or done) job again now; failed deliveries become pending."""
         job = self.get(job_id)
         if job.purged_at is not None:
             when = datetime.fromtimestamp(job.purged_at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
             raise JobError(f"job {job_id} cannot be retried: its input was removed by retention at {when}; "
                            f"send series {job.series_uid} again and it becomes a new job")
-        if job.state not in ("failed", "done", "ignored"):
-            raise JobError(f"job {job_id} is {job.state}; only failed, done or ignored jobs can be retried")
+        if job.state not in ("failed", "done", "ignored", "refused"):
+            raise JobError(f"job {job_id} is {job.state}; only failed, refused, done or ignored jobs can be retried")
         now = time.time()
         with self.transaction() as conn:
             if job.action in ("ignore", "refuse"):   # routed again by the worker, by today's rules
@@ -514,7 +573,7 @@ class JobStore:
         with self.connect() as conn:
             rows = conn.execute(
                 "SELECT id, series_uid, state, finished_at FROM jobs WHERE purged_at IS NULL AND series_uid IN"
-                " (SELECT series_uid FROM jobs WHERE purged_at IS NULL AND state IN ('done','failed','ignored'))"
+                " (SELECT series_uid FROM jobs WHERE purged_at IS NULL AND state IN ('done','failed','ignored','refused'))"
                 " ORDER BY id"
             ).fetchall()
         return [PurgeCandidate(**dict(r)) for r in rows]
@@ -528,7 +587,7 @@ class JobStore:
                 row = conn.execute(
                     "SELECT series_uid, state, finished_at, purged_at FROM jobs WHERE id=?", (job_id,)
                 ).fetchone()
-                if row is None or row["purged_at"] is not None or row["state"] not in ("done", "failed", "ignored"):
+                if row is None or row["purged_at"] is not None or row["state"] not in FINISHED_STATES:
                     return False
                 if row["finished_at"] != finished_at or self._has_active_job(conn, row["series_uid"]):
                     return False

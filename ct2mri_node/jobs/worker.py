@@ -65,6 +65,14 @@ def backoff_s(
     return float(min(maximum_s, base))
 
 
+def volume_limits(config: NodeConfig) -> VolumeLimits:
+    """The volume limits of ``series.*`` (the worker's assembly and the node's screening at
+    completion use the same ones)."""
+    series = config.series
+    return VolumeLimits(min_slices=series.min_slices, max_slices=series.max_slices,
+                        max_rows=series.max_matrix, max_columns=series.max_matrix)
+
+
 class Worker:
     """Runs jobs from the store; one job at a time (one worker per device).
 
@@ -89,8 +97,7 @@ class Worker:
         self.spool = spool
         self.models = translator if isinstance(translator, ModelPool) else ModelPool.single(translator)
         self.pipeline_options = PipelineOptions(
-            limits=VolumeLimits(min_slices=config.series.min_slices, max_slices=config.series.max_slices,
-                                max_rows=config.series.max_matrix, max_columns=config.series.max_matrix),
+            limits=volume_limits(config),
             companions=CompanionOptions(uncertainty_map=config.outputs.uncertainty_map,
                                         qa_capture=config.outputs.qa_capture),
         )

@@ -19,6 +19,7 @@ ct2mri_instances_received_total            spool listener        receiving roles
 ct2mri_series_completed_total              job store listener    receiving roles
 ct2mri_spool_purged_total                  spool listener        receiving roles (retention)
 ct2mri_routing_decisions_total             node (completion)     receiving roles
+ct2mri_series_refused_total                node (completion)     receiving roles
 ct2mri_series_rejected_total               worker observer       translating roles
 ct2mri_translation_seconds                 job store listener    translating roles
 ct2mri_sends_total                         job store listener    translating roles
@@ -79,6 +80,10 @@ class NodeMetrics:
             "ct2mri_routing_decisions",
             "Routing decisions for complete series, by rule and action (receiving roles only: they route)",
             ["rule", "action"], registry=rx)
+        self.series_refused = Counter(
+            "ct2mri_series_refused",
+            "Complete series refused by the header checks before they were queued, by reason code",
+            ["reason"], registry=rx)
         self.series_rejected = Counter(
             "ct2mri_series_rejected", "Jobs that failed before or during translation, by reason code",
             ["reason"], registry=tx)

@@ -31,8 +31,9 @@ RETRY_S = 5.0
 class SeriesSink(Protocol):
     """Where completion reports (the job store, wired in by node.py)."""
 
-    def series_received(self, series_uid: str, study_uid: str) -> None:
-        """First instance of a series seen (may be called again after a restart)."""
+    def series_received(self, series_uid: str, study_uid: str, calling_ae: str | None = None) -> None:
+        """First instance of a series seen (may be called again after a restart); ``calling_ae``
+        sent it (None: unknown)."""
 
     def series_complete(
         self, series_uid: str, study_uid: str, last_instance_at: float, calling_ae: str | None = None
@@ -98,7 +99,7 @@ class CompletionWatcher:
                 entry.calling_ae = calling_ae
         if new:
             log.info("receiving series %s", series_uid)
-            self._sink.series_received(series_uid, study_uid)
+            self._sink.series_received(series_uid, study_uid, calling_ae)
 
     def touch(self, series_uid: str, association: int | None) -> None:
         """A re-sent (duplicate) instance: keep a still-pending series open, never open a new one.

@@ -110,6 +110,8 @@ class Admission:
 
     limits: LimitSettings
     backlog: Callable[[], int] = lambda: 0   # jobs queued now (the job store, wired by node.py)
+    #: jobs of one calling AE queued now (the job store, wired by node.py)
+    backlog_of: Callable[[str], int] = lambda calling_ae: 0
 
     def before_parse(self, event: evt.Event, spool: Spool) -> Dataset | None:
         """Size and free-disk checks: a refusal status, or None to go on."""
@@ -132,6 +134,12 @@ class Admission:
             log.warning("answered 0xA700 to %s for new series %s: %d jobs queued (limits.max_queued_jobs)",
                         _peer(event), header.series_uid, self.limits.max_queued_jobs)
             return _status(OUT_OF_RESOURCES, "too many series queued; send again later")
+        if count == 0:
+            calling, share = _calling_ae(event), self.limits.queued_jobs_per_ae
+            if self.backlog_of(calling) >= share:
+                log.warning("answered 0xA700 to %s for new series %s: %d of its series queued"
+                            " (limits.max_queued_jobs_per_ae)", _peer(event), header.series_uid, share)
+                return _status(OUT_OF_RESOURCES, "this AE has its share of the queue; send again later")
         if count >= self.limits.max_instances_per_series and not spool.has_instance(header):
             log.warning("answered 0xA700 to %s: series %s already has %d instances"
                         " (limits.max_instances_per_series)", _peer(event), header.series_uid, count)

@@ -135,8 +135,25 @@ def _read(path: Path, defer_size_bytes: int | None) -> Dataset:
     return ds
 
 
-def assemble(datasets: Sequence[Dataset], limits: VolumeLimits = VolumeLimits()) -> CTVolume:
-    """Make one CT volume from the datasets of one series, or raise SeriesRejected."""
+@dataclass
+class SeriesGeometry:
+    """What the header checks found: the frames in order along the normal, and their grid."""
+
+    images: list[Dataset]
+    frames: list[Frame]                 # ascending along the slice normal, localizers left out
+    orientation: tuple[float, ...]
+    slice_spacing: float
+    frame_of_reference_uid: str
+    notes: list[str]
+
+
+def check_headers(datasets: Sequence[Dataset], limits: VolumeLimits = VolumeLimits()) -> SeriesGeometry:
+    """Every check of :func:`assemble` that reads headers only (modality and SOP class, geometry
+    present and sane, slice count and size limits, spacing, tilt), or SeriesRejected.
+
+    No pixel is decoded, so it costs milliseconds: the node runs it when a series completes,
+    before the series takes a place in the translation queue (``receive/screen.py``).
+    """
     notes: list[str] = []
     for ds in datasets:
         _check_decodable(ds)
@@ -148,13 +165,21 @@ def assemble(datasets: Sequence[Dataset], limits: VolumeLimits = VolumeLimits())
     normal = _normal(orientation)
     frames.sort(key=lambda f: float(np.dot(f.position, normal)))
     slice_spacing = _check_positions(frames, normal, limits)
-    first = frames[0]
-    frame_uid = str(first.ds.get("FrameOfReferenceUID", "") or "")
+    frame_uid = str(frames[0].ds.get("FrameOfReferenceUID", "") or "")
     if not frame_uid:
         raise SeriesRejected(
             "the CT has no FrameOfReferenceUID, so the synthetic MR could not share its frame "
             "of reference; the scanner's export is incomplete", "missing_geometry",
         )
+    return SeriesGeometry(images, frames, orientation, slice_spacing, frame_uid, notes)
+
+
+def assemble(datasets: Sequence[Dataset], limits: VolumeLimits = VolumeLimits()) -> CTVolume:
+    """Make one CT volume from the datasets of one series, or raise SeriesRejected."""
+    geometry = check_headers(datasets, limits)
+    images, frames, orientation = geometry.images, geometry.frames, geometry.orientation
+    slice_spacing, frame_uid, notes = geometry.slice_spacing, geometry.frame_of_reference_uid, geometry.notes
+    first = frames[0]
     cache = PixelCache()
     hu = _pixels(frames, cache)
     methods = sorted({m for m in (lossy_method(ds) for ds in images) if m})

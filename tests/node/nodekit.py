@@ -215,7 +215,7 @@ class RecordingSink:
         self.complete: list[str] = []
         self.calling_aes: list[str | None] = []
 
-    def series_received(self, series_uid: str, study_uid: str) -> None:
+    def series_received(self, series_uid: str, study_uid: str, calling_ae: str | None = None) -> None:
         self.received.append(series_uid)
 
     def series_complete(self, series_uid: str, study_uid: str, last_instance_at: float,

@@ -154,10 +154,11 @@ def test_rejecting_destination_and_refused_series_fail_with_reason(
     node = start_node(config)
     send(node.port, make_ct_series(tmp_path / "ok", seed=4))
     gap = make_ct_series(tmp_path / "gap", seed=5)
-    send(node.port, gap[:5] + gap[6:])            # a missing slice
-    jobs = wait_for(lambda: (js := jobs_in(node, "done", "failed")) and len(js) == 2 and js, 60)
-    assert [j.state for j in jobs] == ["failed", "failed"]
+    send(node.port, gap[:5] + gap[6:])            # a missing slice: refused at completion, never queued
+    jobs = wait_for(lambda: (js := jobs_in(node, "done", "failed", "refused")) and len(js) == 2 and js, 60)
+    assert sorted(j.state for j in jobs) == ["failed", "refused"]
     rejected, refused = sorted(jobs, key=lambda j: "rejected" not in (j.reason or ""))
+    assert (rejected.state, refused.state) == ("failed", "refused") and refused.queued_at is None
     assert "rejected the association" in (rejected.reason or "") and rejected.attempts == 1
     assert rejected.translated and not capture.datasets
     assert not refused.translated and "slice(s) missing" in (refused.reason or "")

@@ -1,5 +1,5 @@
-"""The node with CT as it really arrives: refusals end as failed jobs with their reason in
-``status --json``, configured size limits apply, a lossy input is translated and labelled."""
+"""The node with CT as it really arrives: refusals end as refused jobs (header checks at
+completion, never queued) with their reason in ``status --json``, configured size limits apply, a lossy input is translated and labelled."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def test_refused_series_fail_with_their_reason_in_status_json(
     start_node: Callable[[NodeConfig], Node], tmp_path: Path
 ) -> None:
     """A missing slice, too many slices for series.max_slices and an undecodable header:
-    three failed jobs whose reasons (code and message) `status --json` shows."""
+    three jobs refused at completion, never queued, whose reasons (code and message) `status --json` shows."""
     config_file = write_config_file(
         tmp_path,
         spool_dir=str(tmp_path / "spool"),
@@ -48,8 +48,9 @@ def test_refused_series_fail_with_their_reason_in_status_json(
     broken_file = _spooled_name(broken[3])
     _break_modality_vr(broken[3])
     send(node.port, broken)
-    wait_for(lambda: len(jobs_in(node, "done", "failed")) == 3, 60)
-    reasons = {str(j["series_uid"]): str(j["reason"]) for j in status_json(config_file) if j["state"] == "failed"}
+    wait_for(lambda: len(jobs_in(node, "done", "failed", "refused")) == 3, 60)
+    reasons = {str(j["series_uid"]): str(j["reason"]) for j in status_json(config_file) if j["state"] == "refused"}
+    assert all(j["queued_at"] is None and j["attempts"] == 0 for j in status_json(config_file))
     series = {name: str(pydicom.dcmread(paths[0]).SeriesInstanceUID)
               for name, paths in (("gap", gap), ("broken", broken))}
     assert len(reasons) == 3

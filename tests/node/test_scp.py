@@ -33,8 +33,8 @@ class Sink:
         self.store = store
         self.complete: list[str] = []
 
-    def series_received(self, series_uid: str, study_uid: str) -> None:
-        self.store.series_received(series_uid, study_uid)
+    def series_received(self, series_uid: str, study_uid: str, calling_ae: str | None = None) -> None:
+        self.store.series_received(series_uid, study_uid, calling_ae)
 
     def series_complete(self, series_uid: str, study_uid: str, last_instance_at: float,
                         calling_ae: str | None = None) -> None:

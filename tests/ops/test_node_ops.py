@@ -42,25 +42,26 @@ def test_metrics_health_provenance_preview_and_restart(
         ct = make_ct_series(tmp_path / "ct", seed=11)
         send(node.port, ct)
         gap = make_ct_series(tmp_path / "gap", seed=12)
-        send(node.port, gap[:4] + gap[5:])     # one slice missing: rejected
+        send(node.port, gap[:4] + gap[5:])     # one slice missing: refused at completion
         assert node.store is not None
         jobs = wait_for(lambda: (js := node.store.list()) and len(js) == 2
-                        and all(j.state in ("done", "failed") for j in js) and js, timeout_s=90.0)
-        done, failed = sorted(jobs, key=lambda j: j.state != "done")
-        assert (done.state, failed.state) == ("done", "failed"), [j.reason for j in jobs]
+                        and all(j.state in ("done", "failed", "refused") for j in js) and js, timeout_s=90.0)
+        done, refused = sorted(jobs, key=lambda j: j.state != "done")
+        assert (done.state, refused.state) == ("done", "refused"), [j.reason for j in jobs]
 
         code, body = http_get(port, "/metrics")
         assert code == 200
         m = samples(body.decode())
         assert m[("ct2mri_instances_received_total", (("outcome", "stored"),))] == len(ct) + len(gap) - 1
         assert m[("ct2mri_series_completed_total", ())] == 2
-        assert m[("ct2mri_series_rejected_total", (("reason", "missing_slices"),))] == 1
+        assert m[("ct2mri_series_refused_total", (("reason", "missing_slices"),))] == 1
         assert m[("ct2mri_translation_seconds_count", ())] == 1
         assert m[("ct2mri_sends_total", (("destination", "archive"), ("status", "done")))] == 1
         assert m[("ct2mri_sends_total", (("destination", "local"), ("status", "done")))] == 1
         assert m[("ct2mri_last_ct_to_mr_confirmed_seconds_count", (("destination", "archive"),))] == 1
         assert m[("ct2mri_jobs", (("state", "done"),))] == 1
-        assert m[("ct2mri_jobs", (("state", "failed"),))] == 1
+        assert m[("ct2mri_jobs", (("state", "refused"),))] == 1
+        assert m[("ct2mri_jobs", (("state", "failed"),))] == 0
         assert m[("ct2mri_queue_depth", ())] == 0
 
         code, body = http_get(port, "/readyz")
@@ -83,8 +84,8 @@ def test_metrics_health_provenance_preview_and_restart(
 
 
 def check_provenance(report: list[dict[str, Any]], ct: list[Path], capture: CaptureSCP, translator: Translator) -> None:
-    done, failed = sorted(report, key=lambda j: j["state"] != "done")
-    assert failed["state"] == "failed" and failed["provenance"] is None
+    done, refused = sorted(report, key=lambda j: j["state"] != "done")
+    assert refused["state"] == "refused" and refused["provenance"] is None
     prov = done["provenance"]
     first = pydicom.dcmread(ct[0])
     mr_series = {str(ds.SeriesInstanceUID) for ds in capture.datasets}

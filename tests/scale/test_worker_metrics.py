@@ -36,20 +36,23 @@ def test_worker_metrics_after_a_job(tmp_path: Path, tiny_checkpoint: Path, redis
         ct = make_ct_series(tmp_path / "ct", seed=61)
         send(port, ct)
         gap = make_ct_series(tmp_path / "gap", seed=62)
-        send(port, gap[:4] + gap[5:])                         # a slice missing: refused by the worker
-        wait_for(lambda: sorted(job_states(config)) == ["done", "failed"], 120, 0.2)
+        send(port, gap[:4] + gap[5:])                         # a slice missing: refused by the receiver
+        wait_for(lambda: sorted(job_states(config)) == ["done", "refused"], 120, 0.2)
         code, body = http_get(http_port, "/metrics")
         assert code == 200
         m = samples(body.decode())
         assert m[("ct2mri_translation_seconds_count", ())] == 1
         assert m[("ct2mri_sends_total", (("destination", "local"), ("status", "done")))] == 1
         assert m[("ct2mri_last_ct_to_mr_confirmed_seconds_count", (("destination", "local"),))] == 1
-        assert m[("ct2mri_series_rejected_total", (("reason", "missing_slices"),))] == 1
+        # refused at completion by the receiver: the worker never spent time on it
+        assert ("ct2mri_series_rejected_total", (("reason", "missing_slices"),)) not in m
+        assert m[("ct2mri_jobs", (("state", "refused"),))] == 1
         assert m[("ct2mri_jobs", (("state", "done"),))] == 1
         assert m[("ct2mri_destination_up", (("destination", "local"),))] == 1
         assert m[("ct2mri_spool_free_bytes", ())] > 0
         # what only a receiver updates is not exported by a worker (no metric exported by nobody)
-        assert not any(name.startswith(("ct2mri_instances_received", "ct2mri_series_completed"))
+        assert not any(name.startswith(("ct2mri_instances_received", "ct2mri_series_completed",
+                                        "ct2mri_series_refused"))
                        for name, _ in m)
         code, body = http_get(http_port, "/readyz")
         report = json.loads(body)
