@@ -64,7 +64,8 @@ def _due(row: PurgeCandidate, now: float, settings: RetentionSettings) -> bool:
     """Whether one job is finished long enough ago for its files to go."""
     # an ignored series' CT is removed when it is ignored; one kept then (another job of the series
     # was active) goes with the series' other finished jobs
-    hours = {"done": settings.delivered_hours, "failed": settings.failed_hours, "ignored": 0.0}.get(row.state)
+    hours = {"done": settings.delivered_hours, "failed": settings.failed_hours, "ignored": 0.0,
+             "superseded": 0.0}.get(row.state)   # a superseded job goes with its series' newer jobs
     if hours is None or row.finished_at is None:
         return False
     return row.finished_at <= now - hours * 3600.0
