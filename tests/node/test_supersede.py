@@ -12,9 +12,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from nodekit import CaptureSCP, http_get, make_ct_series, node_config, send, started_nodes, store, wait_for
+from nodekit import (
+    CaptureSCP,
+    http_get,
+    make_ct_series,
+    node_config,
+    send,
+    started_nodes,
+    store,
+    wait_for,
+)
 from relkit import expected_mr_uids
-from supersedekit import PATIENT_WORKER, changed_series, deliveries_per_instance, down_destination, mr_series
+from supersedekit import (
+    PATIENT_WORKER,
+    changed_series,
+    deliveries_per_instance,
+    down_destination,
+    mr_series,
+)
 
 from ct2mri_node.config import NodeConfig
 from ct2mri_node.node import Node

@@ -11,7 +11,13 @@ import pytest
 from nodekit import CaptureSCP, free_port, make_ct_series, wait_for
 from relkit import expected_mr_uids, job_states, send_until_acked
 from scalekit import Redis, receiver, scale_config, stop_all, worker
-from supersedekit import PATIENT_WORKER, changed_series, deliveries_per_instance, down_destination, mr_series
+from supersedekit import (
+    PATIENT_WORKER,
+    changed_series,
+    deliveries_per_instance,
+    down_destination,
+    mr_series,
+)
 
 from ct2mri_node.commands.status import open_store
 from ct2mri_node.model.translator import Translator
