@@ -577,6 +577,16 @@ class JobStore:
                 " AND series_uid NOT IN (SELECT series_uid FROM jobs WHERE state='received')")
             return {r["series_uid"] for r in rows}
 
+    def inputs_taken(self) -> dict[str, float]:
+        """{series UID: when its newest job first took its input} for every unpurged series whose
+        newest job was claimed (start-up compares it with the spool: see ``Node._redetect``)."""
+        with self.connect() as conn:
+            rows = conn.execute(
+                "SELECT j.series_uid, j.started_at FROM jobs j WHERE j.purged_at IS NULL"
+                " AND j.started_at IS NOT NULL"
+                " AND j.id = (SELECT MAX(k.id) FROM jobs k WHERE k.series_uid = j.series_uid)").fetchall()
+        return {r["series_uid"]: float(r["started_at"]) for r in rows}
+
     # -- retention -----------------------------------------------------------------------
     def purge_candidates(self) -> list[PurgeCandidate]:
         """Every unpurged job of each series that has an unpurged finished job (``ops.retention``

@@ -33,6 +33,7 @@ from supersedekit import (
 
 from ct2mri_node.config import NodeConfig
 from ct2mri_node.node import Node
+from ct2mri_node.receive.spool import Spool, StoreOutcome, read_header
 
 
 def test_changed_while_a_destination_is_down_only_the_new_mr_reaches_it(
@@ -127,3 +128,39 @@ def test_changed_while_translating_the_old_mr_is_sent_nowhere(
     assert mr_series(capture) == {second_uid: second_uids}
     assert first_uid not in mr_series(capture)
     assert deliveries_per_instance(capture) == {1}
+
+
+def test_a_change_made_durable_just_before_a_crash_is_found_at_start(
+    start_node: Callable[[NodeConfig], Node], capture: CaptureSCP, translator: Any, tmp_path: Path
+) -> None:
+    """The changed instance reached the spool, then the node stopped before any job recorded it
+    (a crash between the spool's write and the job store; the sender got no answer). At the next
+    start the spool is newer than the job's input: the series is translated again."""
+    later = down_destination()
+    config = node_config(tmp_path, destinations=[capture.destination("archive"), later.destination("later")],
+                         worker=PATIENT_WORKER)
+    ct = make_ct_series(tmp_path / "ct", seed=27)
+    changed = changed_series(ct, tmp_path / "changed")
+    first_uid, first_uids = expected_mr_uids(ct, translator)
+    second_uid, second_uids = expected_mr_uids(changed, translator)
+    try:
+        node = start_node(config)
+        assert node.store is not None
+        send(node.port, ct)
+        wait_for(lambda: mr_series(capture).get(first_uid) == first_uids, 120)
+        (job,) = wait_for(lambda: [j for j in node.store.list() if j.attempts >= 2], 60)
+        node.stop()
+        spool = Spool(config.spool_dir)          # what the crashed process left: the new bytes only
+        assert spool.store(changed[5].read_bytes(), read_header(changed[5])) is StoreOutcome.REPLACED
+
+        node = start_node(config)
+        assert node.store is not None
+        wait_for(lambda: mr_series(capture).get(second_uid) == second_uids, 120)
+        assert node.store.get(job.id).state == "superseded"
+        later.start()
+        jobs = wait_for(lambda: (js := node.store.list()) and js[-1].state == "done" and js, 120)
+        assert [j.state for j in jobs] == ["superseded", "done"], [j.reason for j in jobs]
+    finally:
+        later.stop()
+    assert mr_series(later) == {second_uid: second_uids}
+    assert deliveries_per_instance(capture) == deliveries_per_instance(later) == {1}
