@@ -286,16 +286,23 @@ class Node:
         self._stop.wait()
 
     def _redetect(self) -> None:
-        """Watch again every spooled series that has no queued or finished job."""
+        """Watch again every spooled series that has no queued or finished job, and every one
+        written to after its newest job took its input (a changed instance made durable just
+        before a crash, before its job was recorded): its new job supersedes the old one."""
         known = self._store().series_with_jobs()
+        taken = self._store().inputs_taken()
         for uid in self.spool.series_uids():
             if uid in known:
-                continue
+                if uid not in taken or not self.spool.written_since(uid, taken[uid]):
+                    continue
+                log.info("series %s changed in the spool after its job took its input; it will be translated again",
+                         uid)
             paths = self.spool.instance_paths(uid)
             if not paths:
                 continue
             header = read_header(paths[0])
-            log.info("series %s in the spool has no job; it will complete after the quiet period", uid)
+            if uid not in known:
+                log.info("series %s in the spool has no job; it will complete after the quiet period", uid)
             if self.watcher is not None:
                 self.watcher.instance_received(uid, header.study_uid, None, self.config.series.restart_hold_s)
 

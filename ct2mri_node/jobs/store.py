@@ -3,11 +3,19 @@ several machines (``job_store.url``; :mod:`ct2mri_node.jobs.database` speaks bot
 
 One job per complete series, with its state
 (``received -> queued -> translating -> sending -> done | failed``, ``received -> ignored``
-when a routing rule leaves the series alone, or ``received -> refused`` when the series' headers
-show at completion that it can never be translated; a refused job never counts as queued),
+when a routing rule leaves the series alone, ``received -> refused`` when the series' headers
+show at completion that it can never be translated (a refused job never counts as queued), or
+``superseded`` when the series changed after the job took its input),
 the calling AE title that sent it, timestamps, attempts, the reason for any failure,
 stage timings, the routing decision (rule, action, model, destinations) and one delivery row
 per destination.
+
+A job takes its input when a worker first claims it (``started_at``). From then on the job is
+no longer *open*: an instance of its series that arrives later (a new one, or one received again
+with other content) opens a new job, and every started, unfinished job of the series ends
+``superseded`` in the same transaction. A superseded job is never claimed again and its worker
+starts no further send (a send already under way finishes: half a series would be worse); the
+new job translates the new content into a new MR series (its UIDs come from the new pixels).
 :mod:`ct2mri_node.jobs.queue` adds leases and publishing beside these tables for worker processes.
 """
 
@@ -32,16 +40,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STATES = ("received", "queued", "translating", "sending", "done", "failed", "ignored", "refused")
+STATES = ("received", "queued", "translating", "sending", "done", "failed", "ignored", "refused", "superseded")
 #: What a routing decision does with a series (``route/rules.py``).
 ROUTE_ACTIONS = ("translate", "ignore", "refuse")
-#: States in which the series may still gain instances and the job has not started.
+#: States in which the series may still gain instances and the job has not started (a job in
+#: them is open only while ``started_at`` is NULL: a deferred or recovered job has its input).
 OPEN_STATES = ("received", "queued")
 #: States of a job that still needs its series' spooled CT (retention never removes it then).
 ACTIVE_STATES = ("received", "queued", "translating", "sending")
-
-#: States of a finished job whose files retention may remove (``refused`` kept as long as ``failed``).
-FINISHED_STATES = ("done", "failed", "ignored", "refused")
+#: States of a job that has taken its input and may still send its MR: what a change supersedes.
+SUPERSEDABLE_STATES = ("queued", "translating", "sending")
+#: Final states (retention may remove the series once every job of it is in one; ``refused`` is
+#: kept as long as ``failed``).
+FINISHED_STATES = ("done", "failed", "ignored", "refused", "superseded")
 
 #: The schema version this code writes; see :meth:`JobStore._migrate`.
 SCHEMA_VERSION = 2
@@ -173,6 +184,9 @@ class JobListener(Protocol):
     def delivery_recorded(self, job_id: int, destination: str, state: str) -> None:
         """A send attempt's outcome (``done``, ``failed``, ``pending``) was stored."""
 
+    def job_superseded(self, job_id: int) -> None:
+        """A job ended ``superseded``: its series changed after it had taken its input."""
+
 
 class JobStore:
     """The job records and queue (SQLite file or PostgreSQL URL); safe to use from several
@@ -228,20 +242,53 @@ class JobStore:
         return self.db.transaction(serial)  # type: ignore[no-any-return]
 
     # -- completion sink ---------------------------------------------------------------
-    def series_received(self, series_uid: str, study_uid: str, calling_ae: str | None = None) -> None:
+    def series_received(self, series_uid: str, study_uid: str, calling_ae: str | None = None) -> list[int]:
         """Open a ``received`` job for a series unless one is already open; ``calling_ae`` is kept
-        on it (durable, so the sender is still known when the series completes after a restart)."""
+        on it (durable, so the sender is still known when the series completes after a restart);
+        jobs of the series that had already taken their input end ``superseded`` (their ids are
+        returned)."""
         now = time.time()
         with self.transaction() as conn:
             job_id = self.open_job_id(conn, series_uid)
             if job_id is None:
-                conn.execute(
+                cur = conn.execute(
                     "INSERT INTO jobs (series_uid, study_uid, state, created_at, updated_at, calling_ae)"
                     " VALUES (?, ?, 'received', ?, ?, ?)",
                     (series_uid, study_uid, now, now, calling_ae),
                 )
+                job_id = int(cur.lastrowid or 0)
             elif calling_ae is not None:
                 conn.execute("UPDATE jobs SET calling_ae=COALESCE(calling_ae, ?) WHERE id=?", (calling_ae, job_id))
+            superseded = self._supersede(conn, series_uid, job_id, now)
+        self._report_superseded(superseded, job_id, series_uid)
+        return [old for old, _ in superseded]
+
+    @staticmethod
+    def _supersede(conn: Connection, series_uid: str, newer_id: int, now: float) -> list[tuple[int, str]]:
+        """Inside the caller's transaction: every started, unfinished job of the series other than
+        ``newer_id`` becomes ``superseded``, and its deliveries not yet confirmed too; returns
+        (job id, state it was in)."""
+        marks = ",".join("?" * len(SUPERSEDABLE_STATES))
+        rows = conn.execute(
+            f"SELECT id, state FROM jobs WHERE series_uid=? AND id!=? AND started_at IS NOT NULL"  # noqa: S608
+            f" AND state IN ({marks}) ORDER BY id FOR UPDATE",
+            (series_uid, newer_id, *SUPERSEDABLE_STATES),
+        ).fetchall()
+        for row in rows:
+            reason = (f"superseded by job {newer_id}: the series changed (an instance added, or received "
+                      f"again with other content) while this job was {row['state']}; its MR goes to no "
+                      "destination that had not confirmed it")
+            conn.execute("UPDATE jobs SET state='superseded', finished_at=?, updated_at=?, reason=? WHERE id=?",
+                         (now, now, reason, row["id"]))
+            conn.execute("UPDATE deliveries SET state='superseded', updated_at=? WHERE job_id=? AND state!='done'",
+                         (now, row["id"]))
+        return [(int(r["id"]), str(r["state"])) for r in rows]
+
+    def _report_superseded(self, superseded: list[tuple[int, str]], newer_id: int, series_uid: str) -> None:
+        for old, state in superseded:
+            log.info("job %d superseded by job %d: series %s changed while the job was %s",
+                     old, newer_id, series_uid, state)
+            self._notify("job_superseded", old)
 
     def series_complete(
         self, series_uid: str, study_uid: str, last_instance_at: float, calling_ae: str | None = None,
@@ -315,6 +362,7 @@ class JobStore:
         route: Route | None = None, calling_ae: str | None = None,
     ) -> int:
         """Queue the series' open job, or a new one; returns the job id (one per open series).
+        Started, unfinished jobs of the series end ``superseded`` (see the module docstring).
 
         With a ``route`` the decision is recorded in the same transaction: ``translate`` queues
         the job, ``ignore`` finishes it as ``ignored`` and ``refuse`` as ``failed`` with the
@@ -336,6 +384,8 @@ class JobStore:
             )
             if route is not None:
                 self._record_route(conn, job_id, route, now)
+            superseded = self._supersede(conn, series_uid, job_id, now)
+        self._report_superseded(superseded, job_id, series_uid)
         return job_id
 
     @staticmethod
@@ -385,11 +435,20 @@ class JobStore:
             self.start_attempt(conn, int(row["id"]), now)
         return self.get(int(row["id"]))
 
-    def set_state(self, job_id: int, state: str) -> None:
-        """Move a job to ``state`` (one of :data:`STATES`)."""
+    def set_state(self, job_id: int, state: str) -> bool:
+        """Move a job to ``state`` (one of :data:`STATES`); False when it is ``superseded``
+        (a superseded job stays so: its worker must stop, see :meth:`is_superseded`)."""
         if state not in STATES:
             raise JobError(f"unknown job state {state!r}")
-        self._update(job_id, "state=?", (state,))
+        return self._advance(job_id, "state=?", (state,))
+
+    def is_superseded(self, job_id: int) -> bool:
+        """Whether the job ended ``superseded`` (its worker checks before each send)."""
+        with self.connect() as conn:
+            row = conn.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            raise JobError(f"no job {job_id} in {self.path}")
+        return bool(row["state"] == "superseded")
 
     def mark_translated(self, job_id: int) -> None:
         """The MR series is written to the job's output folder; sends can retry from it."""
@@ -413,14 +472,17 @@ class JobStore:
         self._notify("timings_recorded", job_id, dict(timings))
 
     def record_delivery(self, job_id: int, destination: str, state: str, reason: str | None = None) -> None:
-        """Record one send attempt's outcome (``done``, ``failed`` or ``pending``) for a destination."""
+        """Record one send attempt's outcome (``done``, ``failed`` or ``pending``) for a destination
+        (``superseded``, set when the job is, gives way only to ``done``)."""
         now = time.time()
         with self.transaction() as conn:
             conn.execute(
                 "INSERT INTO deliveries (job_id, destination, state, attempts, reason, updated_at)"
                 " VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT(job_id, destination) DO UPDATE SET"
                 " state=excluded.state, attempts=deliveries.attempts+1, reason=excluded.reason,"
-                " updated_at=excluded.updated_at",
+                " updated_at=excluded.updated_at"
+                # a superseded delivery changes only when a send that was under way confirms it
+                " WHERE deliveries.state!='superseded' OR excluded.state='done'",
                 (job_id, destination, state, reason, now),
             )
         self._notify("delivery_recorded", job_id, destination, state)
@@ -449,20 +511,21 @@ class JobStore:
             ).fetchone()[0]
         return {r["state"]: int(r["n"]) for r in rows}, int(due)
 
-    def complete(self, job_id: int) -> None:
-        """The job is done: every destination has the series."""
+    def complete(self, job_id: int) -> bool:
+        """The job is done: every destination has the series (False: it was superseded meanwhile)."""
         now = time.time()
-        self._update(job_id, "state='done', finished_at=?, reason=NULL", (now,))
+        return self._advance(job_id, "state='done', finished_at=?, reason=NULL", (now,))
 
-    def fail(self, job_id: int, reason: str) -> None:
-        """The job failed for good, with a reason a person can act on."""
+    def fail(self, job_id: int, reason: str) -> bool:
+        """The job failed for good, with a reason a person can act on (False: it was superseded)."""
         now = time.time()
-        self._update(job_id, "state='failed', finished_at=?, reason=?", (now, reason))
+        return self._advance(job_id, "state='failed', finished_at=?, reason=?", (now, reason))
 
-    def defer(self, job_id: int, delay_s: float, reason: str) -> None:
-        """Queue the job again, not before ``delay_s`` from now (transient failure)."""
+    def defer(self, job_id: int, delay_s: float, reason: str) -> bool:
+        """Queue the job again, not before ``delay_s`` from now (transient failure); False when
+        it was superseded meanwhile (it is never queued again)."""
         due = time.time() + max(0.0, delay_s)
-        self._update(job_id, "state='queued', not_before=?, reason=?", (due, reason))
+        return self._advance(job_id, "state='queued', not_before=?, reason=?", (due, reason))
 
     def retry(self, job_id: int) -> Job:
         """Queue a failed, refused (or done) job again now; failed deliveries become pending."""
@@ -471,6 +534,9 @@ class JobStore:
             when = datetime.fromtimestamp(job.purged_at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
             raise JobError(f"job {job_id} cannot be retried: its input was removed by retention at {when}; "
                            f"send series {job.series_uid} again and it becomes a new job")
+        if job.state == "superseded":
+            raise JobError(f"job {job_id} is superseded: its series changed after it took its input ({job.reason}); "
+                           "the newer job translates the series as it is now")
         if job.state not in ("failed", "done", "ignored", "refused"):
             raise JobError(f"job {job_id} is {job.state}; only failed, refused, done or ignored jobs can be retried")
         now = time.time()
@@ -559,12 +625,25 @@ class JobStore:
         return int(row[0])
 
     def series_with_jobs(self) -> set[str]:
-        """Series that have a job in any state other than ``received`` (purged jobs left out: a
-        series sent again after retention removed it is new)."""
+        """Series that have a job in any state other than ``received`` and no ``received`` job
+        (purged jobs left out: a series sent again after retention removed it is new). A series
+        with a ``received`` job was gaining instances (maybe changed ones) when the node stopped:
+        it is watched again, whatever its older jobs."""
         with self.connect() as conn:
             rows = conn.execute(
-                "SELECT DISTINCT series_uid FROM jobs WHERE state!='received' AND purged_at IS NULL")
+                "SELECT DISTINCT series_uid FROM jobs WHERE state!='received' AND purged_at IS NULL"
+                " AND series_uid NOT IN (SELECT series_uid FROM jobs WHERE state='received')")
             return {r["series_uid"] for r in rows}
+
+    def inputs_taken(self) -> dict[str, float]:
+        """{series UID: when its newest job first took its input} for every unpurged series whose
+        newest job was claimed (start-up compares it with the spool: see ``Node._redetect``)."""
+        with self.connect() as conn:
+            rows = conn.execute(
+                "SELECT j.series_uid, j.started_at FROM jobs j WHERE j.purged_at IS NULL"
+                " AND j.started_at IS NOT NULL"
+                " AND j.id = (SELECT MAX(k.id) FROM jobs k WHERE k.series_uid = j.series_uid)").fetchall()
+        return {r["series_uid"]: float(r["started_at"]) for r in rows}
 
     # -- retention -----------------------------------------------------------------------
     def purge_candidates(self) -> list[PurgeCandidate]:
@@ -573,7 +652,7 @@ class JobStore:
         with self.connect() as conn:
             rows = conn.execute(
                 "SELECT id, series_uid, state, finished_at FROM jobs WHERE purged_at IS NULL AND series_uid IN"
-                " (SELECT series_uid FROM jobs WHERE purged_at IS NULL AND state IN ('done','failed','ignored','refused'))"
+                " (SELECT series_uid FROM jobs WHERE purged_at IS NULL AND state IN ('done','failed','ignored','refused','superseded'))"
                 " ORDER BY id"
             ).fetchall()
         return [PurgeCandidate(**dict(r)) for r in rows]
@@ -616,11 +695,12 @@ class JobStore:
 
     @staticmethod
     def open_job_id(conn: Connection, series_uid: str) -> int | None:
-        """The series' newest open job (:data:`OPEN_STATES`), read in the caller's transaction;
-        None when it has none (the store and the dispatch table both attach to it)."""
+        """The series' newest open job (:data:`OPEN_STATES`, never claimed: a job that took its
+        input is not open), read in the caller's transaction; None when it has none (the store
+        and the dispatch table both attach to it)."""
         marks = ",".join("?" * len(OPEN_STATES))
         row = conn.execute(
-            f"SELECT id FROM jobs WHERE series_uid=? AND state IN ({marks})"  # noqa: S608 (fixed SQL)
+            f"SELECT id FROM jobs WHERE series_uid=? AND state IN ({marks}) AND started_at IS NULL"  # noqa: S608
             " ORDER BY id DESC LIMIT 1 FOR UPDATE",   # PostgreSQL: a claim skips it meanwhile
             (series_uid, *OPEN_STATES),
         ).fetchone()
@@ -635,6 +715,20 @@ class JobStore:
             " started_at=COALESCE(started_at, ?), updated_at=? WHERE id=?",
             (now, now, job_id),
         )
+
+    def _advance(self, job_id: int, assignments: str, values: tuple[Any, ...]) -> bool:
+        """A worker's state change, made only while the job is not ``superseded``; False when it
+        is (nothing written), JobError when there is no such job."""
+        with self.transaction() as conn:
+            cur = conn.execute(
+                f"UPDATE jobs SET {assignments}, updated_at=? WHERE id=? AND state!='superseded'",  # noqa: S608
+                (*values, time.time(), job_id),
+            )
+            if cur.rowcount == 1:
+                return True
+            if conn.execute("SELECT 1 FROM jobs WHERE id=?", (job_id,)).fetchone() is None:
+                raise JobError(f"no job {job_id} in {self.path}")
+        return False
 
     def _update(self, job_id: int, assignments: str, values: tuple[Any, ...]) -> None:
         with self.transaction() as conn:

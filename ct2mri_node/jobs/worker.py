@@ -12,6 +12,11 @@ Each job is translated by the named model its routing rule chose (``jobs/models.
 once and shares it) and sent only to the destinations that rule lists (all when it lists none).
 A job without a routing decision (recorded by an older version, or retried after a rule refused
 it) is routed here, from its spooled CT, before it is translated.
+
+A job whose series changes after it was claimed ends ``superseded`` (``jobs/store.py``): the
+worker checks before each send and starts none for it, and its own state changes (sending, done,
+failed, deferred) no longer apply, so it is never queued again; the newer job translates the
+changed series.
 """
 
 from __future__ import annotations
@@ -51,6 +56,11 @@ class _Outcome:
     transient: list[str] = field(default_factory=list)
     permanent: list[str] = field(default_factory=list)
     retry_after_s: list[float] = field(default_factory=list)   # waits peers asked for (Retry-After)
+    superseded: list[str] = field(default_factory=list)   # not sent: the job was superseded first
+
+
+#: What :meth:`Worker._send_one` returns for a destination it did not send to: the job was superseded.
+_SUPERSEDED = SendError("not sent: the job was superseded by a newer job of its series", permanent=True)
 
 
 def backoff_s(
@@ -145,9 +155,14 @@ class Worker:
                     log.warning("job %d: its MR series is missing from the spool; translating again", job.id)
                 fault_point("during_translation")
                 self._translate(job)
-            self.store.set_state(job.id, "sending")
+            if not self.store.set_state(job.id, "sending"):
+                log.info("job %d superseded while translating: its MR is sent nowhere", job.id)
+                return self.store.get(job.id)
             self._deliver(job)
         except Ct2MriError as exc:
+            if self.store.is_superseded(job.id):   # e.g. its input changed while it was read
+                log.info("job %d superseded (it stopped with: %s)", job.id, exc)
+                return self.store.get(job.id)
             log.warning("job %d failed: %s", job.id, exc)
             if self.observer is not None:
                 self.observer.job_failed(job, exc)
@@ -199,23 +214,27 @@ class Worker:
     def _deliver(self, job: Job) -> None:
         files = self._output_files(job)
         outcome = self._send_all(job, files)
+        if outcome.superseded or self.store.is_superseded(job.id):
+            log.info("job %d superseded: delivered to %s before; not sent to %s", job.id,
+                     ", ".join(outcome.done) or "no destination", ", ".join(outcome.superseded) or "any other")
+            return
         if not outcome.transient and not outcome.permanent:
-            self.store.complete(job.id)
-            log.info("job %d done: delivered to %s", job.id, ", ".join(outcome.done) or "no destination")
+            if self.store.complete(job.id):
+                log.info("job %d done: delivered to %s", job.id, ", ".join(outcome.done) or "no destination")
             return
         reasons = "; ".join(outcome.permanent + outcome.transient)
         settings = self.config.worker
         if not outcome.transient or job.attempts >= settings.max_attempts:
             tail = "" if not outcome.transient else f" (gave up after {job.attempts} attempts)"
-            self.store.fail(job.id, reasons + tail)
-            log.warning("job %d failed: %s%s", job.id, reasons, tail)
+            if self.store.fail(job.id, reasons + tail):
+                log.warning("job %d failed: %s%s", job.id, reasons, tail)
             return
         delay = backoff_s(job.attempts, settings.backoff_initial_s, settings.backoff_factor,
                           settings.backoff_max_s, settings.backoff_jitter)
         if outcome.retry_after_s:   # a peer said when to come back: never sooner (HTTP 429/503)
             delay = max(delay, max(outcome.retry_after_s))
-        self.store.defer(job.id, delay, reasons)
-        log.info("job %d: send will be retried in %.1f s: %s", job.id, delay, reasons)
+        if self.store.defer(job.id, delay, reasons):
+            log.info("job %d: send will be retried in %.1f s: %s", job.id, delay, reasons)
 
     def _destinations(self, job: Job) -> list[AnyDestination]:
         """The configured destinations the job's rule sends to (all when it names none); a name
@@ -269,7 +288,9 @@ class Worker:
             return outcome
         with ThreadPoolExecutor(max_workers=len(pending), thread_name_prefix="ct2mri-send") as pool:
             for name, error in pool.map(lambda d: self._send_one(job, d, files), pending):
-                if error is None:
+                if error is _SUPERSEDED:
+                    outcome.superseded.append(name)
+                elif error is None:
                     outcome.done.append(name)
                 else:
                     (outcome.permanent if error.permanent else outcome.transient).append(str(error))
@@ -280,7 +301,11 @@ class Worker:
     def _send_one(
         self, job: Job, dest: AnyDestination, files: list[Path]
     ) -> tuple[str, SendError | None]:
-        """One destination, one attempt; its outcome is recorded on the job's delivery row."""
+        """One destination, one attempt; its outcome is recorded on the job's delivery row.
+        Nothing is sent (:data:`_SUPERSEDED` is returned) once the job is superseded."""
+        if self.store.is_superseded(job.id):
+            log.info("job %d superseded: its MR is not sent to %s", job.id, dest.name)
+            return dest.name, _SUPERSEDED
         start, wall_start = time.perf_counter(), time.time()
         try:
             report = send_series(dest, files, self.config.node.ae_title)

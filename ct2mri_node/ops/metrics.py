@@ -20,6 +20,7 @@ ct2mri_series_completed_total              job store listener    receiving roles
 ct2mri_spool_purged_total                  spool listener        receiving roles (retention)
 ct2mri_routing_decisions_total             node (completion)     receiving roles
 ct2mri_series_refused_total                node (completion)     receiving roles
+ct2mri_jobs_superseded_total               job store listener    receiving roles
 ct2mri_series_rejected_total               worker observer       translating roles
 ct2mri_translation_seconds                 job store listener    translating roles
 ct2mri_sends_total                         job store listener    translating roles
@@ -84,6 +85,10 @@ class NodeMetrics:
             "ct2mri_series_refused",
             "Complete series refused by the header checks before they were queued, by reason code",
             ["reason"], registry=rx)
+        self.jobs_superseded = Counter(
+            "ct2mri_jobs_superseded",
+            "Jobs that ended superseded: their series changed after they had taken their input, and a new "
+            "job translates it (receiving roles only: completion records it)", registry=rx)
         self.series_rejected = Counter(
             "ct2mri_series_rejected", "Jobs that failed before or during translation, by reason code",
             ["reason"], registry=tx)
@@ -200,3 +205,6 @@ class JobMetrics:
 
     def delivery_recorded(self, job_id: int, destination: str, state: str) -> None:
         self.metrics.sends.labels(destination, state).inc()
+
+    def job_superseded(self, job_id: int) -> None:
+        self.metrics.jobs_superseded.inc()

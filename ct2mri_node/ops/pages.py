@@ -24,7 +24,7 @@ _CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.2em;color:#222;background:#fafafa}
 h1{font-size:1.3em;margin:0 0 .4em}h2{font-size:1.1em;margin:1.2em 0 .4em}
 table{border-collapse:collapse;background:#fff}td,th{border:1px solid #ddd;padding:3px 6px;vertical-align:top;text-align:left}
-th{background:#eee}.s-done{color:#1a7f37}.s-failed{color:#c62828;font-weight:600}.s-ignored{color:#777}.s-refused{color:#b26a00;font-weight:600}
+th{background:#eee}.s-done{color:#1a7f37}.s-failed{color:#c62828;font-weight:600}.s-ignored{color:#777}.s-refused{color:#b26a00;font-weight:600}.s-superseded{color:#777;font-style:italic}
 .s-queued,.s-received{color:#8a6d00}.s-translating,.s-sending{color:#1565c0}
 nav a{margin-right:.6em}nav a.on{font-weight:700;text-decoration:none;color:#222}
 .small{font-size:12px;color:#555}.uid{font-family:monospace;font-size:12px}img{max-width:100%;border:1px solid #ccc}

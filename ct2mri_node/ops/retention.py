@@ -65,7 +65,8 @@ def _due(row: PurgeCandidate, now: float, settings: RetentionSettings) -> bool:
     # an ignored series' CT is removed when it is ignored; one kept then (another job of the series
     # was active) goes with the series' other finished jobs
     hours = {"done": settings.delivered_hours, "failed": settings.failed_hours, "ignored": 0.0,
-             "refused": settings.failed_hours}.get(row.state)   # a refused series is kept like a failed one
+             "refused": settings.failed_hours,   # a refused series is kept like a failed one
+             "superseded": 0.0}.get(row.state)   # a superseded job goes with its series' newer jobs
     if hours is None or row.finished_at is None:
         return False
     return row.finished_at <= now - hours * 3600.0

@@ -347,6 +347,18 @@ class Spool:
             return ""
         return str(ds.get("SeriesDescription", "") or "")
 
+    def written_since(self, series_uid: str, when: float) -> bool:
+        """Whether an instance of the series was written (added or replaced) after wall-clock
+        ``when``: its folder changed since (one stat), and one of its files is newer (a folder
+        touched only by the removal of a leftover temporary file does not count)."""
+        folder = self.incoming / series_uid
+        try:
+            if folder.stat().st_mtime <= when:
+                return False
+            return any(p.stat().st_mtime > when for p in folder.glob("*.dcm") if not p.name.startswith("."))
+        except OSError:   # the series is gone (retention): nothing to translate
+            return False
+
     def instance_paths(self, series_uid: str) -> list[Path]:
         """The spooled files of one series (sorted by name; order does not matter downstream)."""
         if not is_valid_uid(series_uid):

@@ -241,10 +241,61 @@ def test_job_store_lifecycle(store_at: str | Path) -> None:
         store.retry(job.id)
     with pytest.raises(JobError, match="no job 99"):
         store.get(99)
-    # a series arriving again after its job started gets a new job
+    # a series arriving again after its job started gets a new job, and the started one is
+    # superseded: the change must be translated, the old MR sent nowhere more (issue 21)
     assert store.claim() is not None
     store.series_received("1.2", "1")
-    assert [j.state for j in store.list()] == ["translating", "received"]
+    assert [j.state for j in store.list()] == ["superseded", "received"]
+
+
+def test_a_change_after_the_job_took_its_input_supersedes_it(store_at: str | Path) -> None:
+    """Deferred (retrying a send), translating and sending jobs are superseded by the series'
+    change; a job that has not started takes the change itself; finished jobs are left alone."""
+    store = JobStore(store_at)
+    # deferred: translated, one destination confirmed, the other retrying
+    deferred = store.enqueue("1.1", "1")
+    assert store.claim() is not None
+    store.mark_translated(deferred)
+    store.record_delivery(deferred, "up", "done")
+    store.record_delivery(deferred, "down", "pending", "refused")
+    assert store.defer(deferred, 0, "down is down")
+    assert store.series_received("1.1", "1") == [deferred]       # the changed instance arrives
+    old = store.get(deferred)
+    assert old.state == "superseded" and "superseded by job" in (old.reason or "")
+    assert {d.destination: d.state for d in old.deliveries} == {"up": "done", "down": "superseded"}
+    # nothing the old job's worker does brings it back or re-opens the delivery
+    assert not store.defer(deferred, 0, "down is down") and not store.complete(deferred)
+    assert not store.fail(deferred, "x") and not store.set_state(deferred, "sending")
+    store.record_delivery(deferred, "down", "pending", "still down")
+    assert {d.destination: d.state for d in store.get(deferred).deliveries}["down"] == "superseded"
+    assert store.is_superseded(deferred)
+    with pytest.raises(JobError, match="superseded"):
+        store.retry(deferred)
+    newer = store.series_complete("1.1", "1", 1.0)
+    assert newer != deferred and store.get(newer).state == "queued"
+    claimed = store.claim()
+    assert claimed is not None and claimed.id == newer        # never the superseded one
+
+    # translating and sending: superseded when the series completes again (no received step)
+    for state in ("translating", "sending"):
+        uid = f"1.{state}"
+        job = store.enqueue(uid, "1")
+        assert store.claim() is not None and store.set_state(job, state)
+        again = store.enqueue(uid, "1")
+        assert again != job and store.get(job).state == "superseded" and store.get(again).state == "queued"
+        assert store.claim() is not None and store.complete(again)   # out of the next round's way
+
+    # not started: the same job takes the change; finished: left alone
+    waiting = store.enqueue("1.4", "1")
+    assert store.series_received("1.4", "1") == [] and store.enqueue("1.4", "1") == waiting
+    assert store.claim() is not None   # 1.4's job, started: now a change supersedes it
+    done = store.enqueue("1.5", "1")
+    assert store.claim() is not None and store.complete(done)
+    assert store.series_received("1.5", "1") == [] and store.get(done).state == "done"
+    counts, _ = store.state_counts()
+    assert counts["superseded"] == 3 and counts["done"] == 3
+    # a series with a received job is watched again after a restart, whatever its older jobs
+    assert "1.5" not in store.series_with_jobs() and "1.translating" in store.series_with_jobs()
 
 
 def test_claim_is_atomic_across_threads(store_at: str | Path) -> None:
