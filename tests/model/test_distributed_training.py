@@ -133,7 +133,7 @@ def test_ddp_ranks_hold_identical_weights_after_one_step(tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr[-3000:]
     r0, r1 = (torch.load(tmp_path / "report" / f"rank{r}.pt") for r in (0, 1))
     assert (r0["rank"], r0["world"], r1["rank"], r1["world"]) == (0, 2, 1, 2)
-    assert r0["loss"] != r1["loss"], "both ranks drew the same patches"
+    assert r0["loss"] != r1["loss"], "both ranks drew the same patches"  # unet: no noise in the loss
     assert r0["params"].keys() == r1["params"].keys()
     assert all(torch.equal(r0["params"][k], r1["params"][k]) for k in r0["params"])
     saved = torch.load(tmp_path / "run" / STATE_FILE, weights_only=False)
