@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from datetime import timedelta
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,6 +76,21 @@ def barrier() -> None:
     """Wait for every rank (nothing in a world of one)."""
     if dist.is_initialized():
         dist.barrier()
+
+
+def from_rank0(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (pickled; for the run state, which rank 0 alone reads,
+    so that the other machines of a multi-node run need not see ``--out``)."""
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def local_rank() -> int:
+    """This process's rank on its machine (0 without torchrun)."""
+    return launched_world()[2] if dist.is_initialized() else 0
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:

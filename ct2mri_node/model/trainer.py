@@ -1,14 +1,17 @@
-"""The torch training loop: random patches, AdamW, optional EMA, resumable state.
+"""The torch training loop: random patches, AdamW, optional EMA, resumable state, DDP.
 
-Input is a list of :class:`PreparedCase` (CT channels and MR already on the model grid, all in
-[-1, 1]). Diffusion architectures learn the scheduler's target (v) from concat(x_t, CT);
-the regression UNet learns MR from CT with an L1 loss. The ``last.pt`` file in the run
-directory holds weights, optimiser, EMA, iteration and RNG states; a run started again with
-the same output directory resumes from it, on any device (a run begun on the CPU goes on on a
-GPU and the other way). On CUDA the forward pass runs under autocast: bf16 where the GPU has
-it (no loss scaling needed), else fp16 with a gradient scaler. Patches and random numbers are
-drawn on the CPU, so a run's data does not depend on the device.
-"""
+Input is a list of cases (:class:`PreparedCase` in memory, or cases of the grid cache read one
+patch at a time; CT channels and MR on the model grid, all in [-1, 1]). Diffusion architectures
+learn the scheduler's target (v) from concat(x_t, CT); the regression UNet learns MR from CT
+with an L1 loss. Patches are cut in DataLoader workers; each iteration's batch has its own seed
+(seed, rank, iteration), so it depends neither on the workers nor on where a run resumed. The
+``last.pt`` file in the run directory holds weights, optimiser, EMA, iteration, the noise
+generator's state and the gradient scaler's; a run started again with the same output directory
+resumes from it, on any device (a run begun on the CPU goes on on a GPU and the other way) and
+with any number of processes (torchrun: :mod:`.distributed`). The forward pass runs under
+autocast where asked: bf16 where the GPU has it (no loss scaling needed) or on the CPU, else fp16
+with a gradient scaler. Patches and random numbers are drawn on the CPU, so a run's data does not
+depend on the device."""
 
 from __future__ import annotations
 
@@ -346,8 +349,8 @@ def train(cases: Sequence[PreparedCase | PatchCase], settings: TrainSettings, ru
     GPU host runs out); the outcome says how far it got and the same command resumes. Patches
     are made in ``workers`` DataLoader processes. In a process group (:mod:`.distributed`,
     torchrun) the network is wrapped in DistributedDataParallel: gradients are averaged over
-    the ranks, each rank draws its own patches and noise, and rank 0 alone validates and writes
-    the state; a run resumes with any number of ranks."""
+    the ranks, each rank draws its own patches and noise, and rank 0 alone validates, reads and
+    writes the state (the others get it from rank 0); a run resumes with any number of ranks."""
     start = time.perf_counter()
     rank, world = distributed.rank(), distributed.world_size()
     if rank == 0:
@@ -369,7 +372,8 @@ def train(cases: Sequence[PreparedCase | PatchCase], settings: TrainSettings, ru
         val_batches = [sampler.batch(val_rng, settings.batch_size) for _ in range(4)]
     scaler = torch.amp.GradScaler("cuda") if autocast == torch.float16 else None
     iteration, val_losses, loss_value = 0, [], math.nan
-    state = _load_state(run_dir / STATE_FILE, settings)
+    # rank 0 alone reads the state (as it alone writes it) and hands it to the others
+    state = distributed.from_rank0(_load_state(run_dir / STATE_FILE, settings) if rank == 0 else None)
     if state is not None:
         iteration, val_losses = int(state["iteration"]), list(state["val_losses"])
         network.load_state_dict(state["network"])

@@ -207,23 +207,23 @@ def run_training(request: TrainRequest, cases: Sequence[PreparedCase] | None = N
                  on_step: Callable[[int, float], None] | None = None) -> tuple[Path, TrainOutcome]:
     """Train (resuming if ``out`` holds a run state) and save the checkpoint into ``out``.
 
-    Without ``cases`` the data folder is read through the grid cache (:mod:`.grid_cache`): rank 0
-    fills it, the other ranks of a torchrun run wait, then every rank reads patches from it.
-    Only rank 0 writes the checkpoint."""
+    Without ``cases`` the data folder is read through the grid cache (:mod:`.grid_cache`): the
+    first process of each machine (local rank 0) fills it, the others of a torchrun run wait,
+    then every rank reads patches from it. Only rank 0 writes the checkpoint."""
     from ..model import distributed
 
     validate(request)
     ct_mapping = mapping(request)
     try:
         device = distributed.start(request.device)
-        rank = distributed.rank()
+        first_here = distributed.local_rank() == 0
         data: Sequence[PreparedCase | grid_cache.CachedCase]
         if cases is None:
             cache = grid_cache.GridCache(request.cache or grid_cache.default_cache_dir(request.out))
-            if rank == 0:
+            if first_here:
                 data = grid_cache.cached_cases(request.data, request.spacing_mm, cache, ct_mapping, request.mr_norm)
             distributed.barrier()
-            if rank != 0:
+            if not first_here:
                 data = grid_cache.cached_cases(request.data, request.spacing_mm, cache, ct_mapping, request.mr_norm)
         else:
             data = cases

@@ -144,7 +144,7 @@ def test_ddp_ranks_hold_identical_weights_after_one_step(tmp_path: Path) -> None
 def test_torchrun_train_command_only_rank0_writes_and_resumes_with_one_process(tmp_path: Path) -> None:
     """`torchrun --nproc_per_node 2 -m ct2mri_node train` on the CPU: rank 0 alone writes state,
     grid cache and checkpoint (rank 1 writes nothing under --out); the run then resumes in one
-    process from the same state."""
+    process from the same state, and again in two."""
     data = write_folder(tmp_path / "data")
     out = tmp_path / "out"
     (tmp_path / "writes").mkdir()
@@ -171,3 +171,9 @@ def test_torchrun_train_command_only_rank0_writes_and_resumes_with_one_process(t
     assert one.returncode == 0, one.stderr[-3000:]
     assert "resuming enhanced training at iteration 2 (saved by 1 process(es), now 1)" in one.stderr
     assert json.loads((out / "card.json").read_text())["iterations"] == 3
+    # and back to two processes: rank 1 gets the state from rank 0
+    two = torchrun(*cmd, "--iterations", "4", environment=env())
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "resuming enhanced training at iteration 3 (saved by 1 process(es), now 2)" in two.stderr
+    assert two.stderr.count("resuming enhanced training at iteration 3") == 2  # both ranks resumed there
+    assert torch.load(out / STATE_FILE, weights_only=False)["iteration"] == 4
