@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -78,7 +79,7 @@ def train_cases(spacing_mm: float, side_mm: float = 192.0, n: int = 4) -> list: 
     from ct2mri_node.model.pre_post import IntensityMapping
     from ct2mri_node.model.trainer import PreparedCase
 
-    side = int(round(side_mm / spacing_mm))
+    side = round(side_mm / spacing_mm)
     rng = np.random.default_rng(0)
     cases = []
     for i in range(n):
@@ -144,7 +145,7 @@ def train_check(args: argparse.Namespace, device: str) -> None:
 
 
 def _gib(value: float) -> str:
-    return "-" if value != value else f"{value:.2f}"  # NaN on the CPU: no GPU memory to report
+    return "-" if math.isnan(value) else f"{value:.2f}"  # NaN on the CPU: no GPU memory to report
 
 
 def _torchrun_train(args: argparse.Namespace, device: str, spacing_mm: float, patch: int) -> dict[str, float]:
@@ -158,7 +159,7 @@ def _torchrun_train(args: argparse.Namespace, device: str, spacing_mm: float, pa
            "--case-mm", str(args.case_mm)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
                                                         os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=1800)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         raise SystemExit(f"two-process training failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -230,7 +231,6 @@ def dry_run(args: argparse.Namespace) -> int:
 
 def translate_check(args: argparse.Namespace) -> None:
     """The translation check (issue 2's targets) on the first GPU."""
-    import torch
 
     from ct2mri_node.model import translator as tr
     from ct2mri_node.model.testing import make_tiny_checkpoint

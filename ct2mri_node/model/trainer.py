@@ -32,8 +32,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import CheckpointError, DataError, ModelError
-from .diffusion import DEFAULT_SAMPLING, training_scheduler, training_target
 from . import distributed
+from .diffusion import DEFAULT_SAMPLING, training_scheduler, training_target
 from .networks import build_network
 from .translator import PRECISIONS, resolve_device
 
@@ -143,7 +143,8 @@ class PatchSampler:
     def __init__(self, cases: Sequence[PreparedCase | PatchCase], patch: int, seed: int = 0, rank: int = 0) -> None:
         if not cases:
             raise DataError("no training cases: the data folder holds no usable case")
-        self.cases: list[PatchCase] = [MemoryCase(c) if isinstance(c, PreparedCase) else c for c in cases]
+        self.cases: list[PatchCase] = [MemoryCase(c) if isinstance(c, PreparedCase) else c  # type: ignore[misc]
+                                       for c in cases]
         self.patch, self.seed, self.rank = patch, seed, rank
 
     def _corner(self, rng: np.random.Generator, case: PatchCase) -> tuple[int, int, int]:

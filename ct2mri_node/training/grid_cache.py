@@ -199,8 +199,10 @@ def cached_cases(data: Path, spacing_mm: float, cache: GridCache, mapping: pre_p
             path = data / f"{name}.npz"
             if not path.is_file():
                 raise DataError(f"{data}: case {name} is missing; prepare the data again")
-            cases.append(cache.get(name, _stamp(path), spacing_mm,
-                                   lambda name=name, family=family: prep.read_one(data, name, family)))
+            def read(name: str = name, family: str = family) -> prep.GridCase:
+                return prep.read_one(data, name, family)
+
+            cases.append(cache.get(name, _stamp(path), spacing_mm, read))
     else:
         from . import pairs
 
