@@ -6,8 +6,8 @@
 Generates small SynthRAD-layout cases (CT, MR, mask as .nii.gz, 64x128x128 at 1 mm, random
 ellipsoid bodies), then runs ``ct2mri-node train`` twice on each set: the first run fills the
 grid cache (resampling to 2 mm), the second reads it. While a run goes, the memory of its
-process tree is sampled from /proc every 50 ms: the training process's RSS, and the PSS summed
-over it and its DataLoader workers (PSS shares copy-on-write pages fairly, where summed RSS
+process tree is followed from /proc every 50 ms: the training process's peak RSS (the kernel's high-water
+mark), and the peak PSS summed over it and its DataLoader workers (PSS shares copy-on-write pages fairly, where summed RSS
 would count them once per worker). Memory that grows with the number of cases shows as a
 larger peak at 200 than at 20. ``--plain`` leaves out the options older versions lack
 (--workers, --cache), to measure them with ``--pythonpath``.
@@ -78,18 +78,27 @@ def _kib(pid: int, path: str, key: str) -> int:
     return 0
 
 
-def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float]:
-    """Run ``cmd``; (seconds, peak RSS of the process in MiB, peak PSS of its tree in MiB)."""
+def measure(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, float]:
+    """Run ``cmd`` in ``cwd``; (seconds, peak RSS of the process in MiB, peak PSS of its tree in MiB).
+
+    The process's peak RSS is the kernel's own (VmHWM, then wait4's ru_maxrss), not a sample.
+    ``cwd`` matters: ``python -m`` imports from the working directory first."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peak_rss = peak_pss = 0
-    while proc.poll() is None:
-        peak_rss = max(peak_rss, _kib(proc.pid, "status", "VmRSS:"))
-        peak_pss = max(peak_pss, sum(_kib(p, "smaps_rollup", "Pss:") for p in _tree(proc.pid)))
-        time.sleep(0.05)
-    err = proc.stderr.read() if proc.stderr else ""
+    log = cwd / "train.log"
+    with open(log, "w") as stderr:  # a file, not a pipe: a full pipe would stall the run
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=stderr)
+        peak_rss = peak_pss = 0
+        while True:
+            peak_rss = max(peak_rss, _kib(proc.pid, "status", "VmHWM:"))
+            peak_pss = max(peak_pss, sum(_kib(p, "smaps_rollup", "Pss:") for p in _tree(proc.pid)))
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            time.sleep(0.05)
+    peak_rss = max(peak_rss, usage.ru_maxrss)
+    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise SystemExit(f"training failed ({proc.returncode}):\n{err[-3000:]}")
+        raise SystemExit(f"training failed ({proc.returncode}):\n{log.read_text()[-3000:]}")
     return time.perf_counter() - start, peak_rss / 1024, peak_pss / 1024
 
 
@@ -122,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                        "--base-channels", "8", "--val-every", "0", "--spacing", "2", "--threads", "1"]
                 if not args.plain:
                     cmd += ["--workers", str(args.workers)]
-                seconds, rss, pss = measure(cmd, env)
+                seconds, rss, pss = measure(cmd, env, root)
                 print(f"{n:>6} {run:<14} {seconds:>8.1f} {rss:>13.0f} {pss:>18.0f}", flush=True)
     finally:
         if args.keep is None:
