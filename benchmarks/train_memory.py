@@ -11,6 +11,10 @@ mark), and the peak PSS summed over it and its DataLoader workers (PSS shares co
 would count them once per worker). Memory that grows with the number of cases shows as a
 larger peak at 200 than at 20. ``--plain`` leaves out the options older versions lack
 (--workers, --cache), to measure them with ``--pythonpath``.
+
+Measured (2 busy CPU cores, 20 iterations; peak RSS / peak PSS of the tree, MiB, second run):
+this version 971 / 866 at 20 cases and 975 / 882 at 200; before issue 22 (every case in memory)
+1032 / 898 and 1611 / 1509.
 """
 
 from __future__ import annotations
