@@ -213,9 +213,12 @@ def main(argv: list[str] | None = None) -> int:
 def dry_run(args: argparse.Namespace) -> int:
     """Every part on the CPU at tiny sizes: the translation of a small phantom with a tiny
     checkpoint, and the training table with 8 and 16 voxel patches, on one and two processes."""
+    import torch
+
     from ct2mri_node.model import translator as tr
     from ct2mri_node.model.testing import make_tiny_checkpoint
 
+    torch.set_num_threads(1)  # as torchrun's processes (OMP_NUM_THREADS=1): 1 and 2 processes compare
     print("device           CPU (dry run: tiny sizes, the numbers mean nothing)")
     if not args.train_only:
         translator = tr.Translator(make_tiny_checkpoint(tempfile.mkdtemp()), tr.TranslationSettings(steps=2))
