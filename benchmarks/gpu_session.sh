@@ -3,6 +3,10 @@
 # model's training run, their evaluation on both evaluation families, and gpu_check.
 #
 #   OUT=DIR bash benchmarks/gpu_session.sh [SECONDS]
+#   OUT=DIR TRAIN_CHECK_ONLY=1 bash benchmarks/gpu_session.sh   # issue 22: gpu_check's training table only
+#
+# Training reads its data through one grid cache ($W/grid-cache, issue 22), shared by the probe and
+# the final run; patches are cut in DataLoader workers (--workers, default 2 per process).
 #
 # Runs on a CUDA host whose python has torch, numpy, scipy, safetensors, tqdm and pillow; MONAI
 # comes as a wheel in .gpu/whl, and .gpu/train-2mm holds the ICBM152 heads, prepared here with
@@ -27,6 +31,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, monai; print('torch', torch.__version__, 'monai', monai.__version__, torch.cuda.is_available())"
 elapsed() { echo $(( $(date +%s) - start )); }
 
+# issue 22: training speed and memory at 2 mm and 1 mm patches, 1 and 2 GPUs (about 2 minutes on one H200)
+if [ "${TRAIN_CHECK_ONLY:-0}" = 1 ]; then
+    python3 benchmarks/gpu_check.py --train-only --train-iterations "${TRAIN_CHECK_ITERS:-300}" 2>&1 | tee "$OUT/gpu_train.log"
+    exit 0
+fi
+
 # 1. training data: ICBM heads (carried) + phantom and randomised cases generated here
 D=$W/train-2mm
 rm -rf "$D" && cp -r .gpu/train-2mm "$D"
@@ -45,7 +55,7 @@ echo "ablation trained at $(elapsed) s"
 
 # 3. the bundled model: measure its speed, then train for the time left less a reserve
 FINAL=(--data "$D" --device "$DEVICE" --base-channels "$WIDTH" --patch "$PATCH" --batch-size 8 --lr 1e-3 --seed 0 --val-every 500
-       --weights float16 --name ct2mri-enhanced-demo)
+       --weights float16 --name ct2mri-enhanced-demo --cache "$W/grid-cache")
 python3 -m ct2mri_node.commands.train "${FINAL[@]}" --out "$W/probe" --iterations "$PROBE_ITERS" > "$W/probe.log" 2>&1
 rate=$(grep -o '[0-9.]* it/s this run' "$W/probe.log" | cut -d' ' -f1)
 left=$(( budget - $(elapsed) - RESERVE )); [ "$left" -ge 60 ] || left=60
@@ -65,7 +75,7 @@ echo "final trained at $(elapsed) s"
 # 4. the final model on both evaluation families (montages), and gpu_check with it
 python3 benchmarks/ablation.py evaluate --checkpoint "$W/final" --cases 2 --device "$DEVICE" --json "$W/final-eval.json" \
     --montage-dir "$W/montages" > "$W/final-eval.log" 2>&1 &
-python3 benchmarks/gpu_check.py --checkpoint "$W/final" > "$W/gpu_check.log" 2>&1
+python3 benchmarks/gpu_check.py --checkpoint "$W/final" --skip-train > "$W/gpu_check.log" 2>&1
 wait
 cat "$W/gpu_check.log"
 tail -n 8 "$W/ablation-eval.log" "$W/final-eval.log"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -20,8 +21,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "train",
         help="train a model on paired CT/MR cases (SynthRAD layout); re-run to resume",
         description="Train the enhanced diffusion model or a baseline on <data>/<case>/{ct,mr,mask}. "
-        "Run state is saved in --out every --val-every iterations and on exit; the same command resumes. "
-        "The checkpoint (model.safetensors + card.json) is written into --out at the end.",
+        "Run state is saved in --out every --val-every iterations and on exit; the same command resumes, "
+        "on any device and with any number of processes. "
+        "The checkpoint (model.safetensors + card.json) is written into --out at the end. "
+        "Several GPUs: torchrun --nproc_per_node N -m ct2mri_node train ... --device cuda "
+        "(DistributedDataParallel; several machines: add --nnodes and --rdzv-endpoint). See docs/training.md.",
     )
     parser.add_argument("--data", required=True, type=Path,
                         help="folder of cases (SynthRAD layout), or a prepared folder (`ct2mri-node prepare`)")
@@ -53,6 +57,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--device", default="cpu",
                         help="auto, cpu, cuda or cuda:N (default cpu); on CUDA with bf16 autocast where the GPU "
                         "has it, else fp16 with a gradient scaler; a run resumes on any device")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                        help="autocast of the forward pass: auto (bf16 on a GPU that has it, else fp16 with a "
+                        "gradient scaler; fp32 on the CPU; default), fp32, bf16 (GPU or CPU) or fp16 (GPU)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="DataLoader processes that cut patches (0: in the training process; default 2)")
+    parser.add_argument("--cache", type=Path,
+                        help="grid cache: cases resampled to the model grid once, read lazily; share it between "
+                        "runs at one spacing (default <out>/grid-cache)")
     parser.add_argument("--max-minutes", type=float,
                         help="stop after this many minutes (state saved, checkpoint written); the same command resumes")
     parser.add_argument("--weights", choices=["float32", "float16"], default="float32", dest="weights_dtype",
@@ -78,19 +90,23 @@ def run(args: argparse.Namespace) -> int:
         val_every=args.val_every, name=args.name, method=args.method, t0=args.t0,
         estimate_fraction=args.estimate_fraction, ct_input=args.ct_input, norm=args.norm, mr_norm=args.mr_norm,
         levels=args.levels, device=args.device, max_minutes=args.max_minutes, weights_dtype=args.weights_dtype,
+        precision=args.precision, workers=args.workers, cache=args.cache,
     )
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    with tqdm(total=args.iterations, desc=f"train {args.arch}", unit="it") as bar:
+    rank = int(os.environ.get("RANK", "0"))  # torchrun: one process per GPU; rank 0 reports
+    with tqdm(total=args.iterations, desc=f"train {args.arch}", unit="it", disable=rank != 0) as bar:
         def on_step(iteration: int, loss: float) -> None:
             bar.n = iteration
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
             bar.refresh()
 
         path, outcome = run_training(request, on_step=on_step)
+    if outcome.rank != 0:
+        return 0
     rate = (outcome.iterations - outcome.resumed_from) / outcome.seconds if outcome.seconds else 0.0
     print(f"checkpoint written to {path} ({outcome.iterations} iterations, {rate:.2f} it/s this run)")
     return 0

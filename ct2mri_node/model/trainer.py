@@ -1,14 +1,17 @@
-"""The torch training loop: random patches, AdamW, optional EMA, resumable state.
+"""The torch training loop: random patches, AdamW, optional EMA, resumable state, DDP.
 
-Input is a list of :class:`PreparedCase` (CT channels and MR already on the model grid, all in
-[-1, 1]). Diffusion architectures learn the scheduler's target (v) from concat(x_t, CT);
-the regression UNet learns MR from CT with an L1 loss. The ``last.pt`` file in the run
-directory holds weights, optimiser, EMA, iteration and RNG states; a run started again with
-the same output directory resumes from it, on any device (a run begun on the CPU goes on on a
-GPU and the other way). On CUDA the forward pass runs under autocast: bf16 where the GPU has
-it (no loss scaling needed), else fp16 with a gradient scaler. Patches and random numbers are
-drawn on the CPU, so a run's data does not depend on the device.
-"""
+Input is a list of cases (:class:`PreparedCase` in memory, or cases of the grid cache read one
+patch at a time; CT channels and MR on the model grid, all in [-1, 1]). Diffusion architectures
+learn the scheduler's target (v) from concat(x_t, CT); the regression UNet learns MR from CT
+with an L1 loss. Patches are cut in DataLoader workers; each iteration's batch has its own seed
+(seed, rank, iteration), so it depends neither on the workers nor on where a run resumed. The
+``last.pt`` file in the run directory holds weights, optimiser, EMA, iteration, the noise
+generator's state and the gradient scaler's; a run started again with the same output directory
+resumes from it, on any device (a run begun on the CPU goes on on a GPU and the other way) and
+with any number of processes (torchrun: :mod:`.distributed`). The forward pass runs under
+autocast where asked: bf16 where the GPU has it (no loss scaling needed) or on the CPU, else fp16
+with a gradient scaler. Patches and random numbers are drawn on the CPU, so a run's data does not
+depend on the device."""
 
 from __future__ import annotations
 
@@ -16,17 +19,20 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..errors import CheckpointError, DataError
+from ..errors import CheckpointError, DataError, ModelError
+from . import distributed
 from .diffusion import DEFAULT_SAMPLING, training_scheduler, training_target
 from .networks import build_network
 from .translator import PRECISIONS, resolve_device
@@ -78,6 +84,9 @@ class TrainOutcome:
     resumed_from: int
     #: "fp32" (CPU), or the autocast dtype of a GPU run ("bf16", "fp16").
     precision: str = "fp32"
+    #: This process's rank and the number of processes that trained together (torchrun).
+    rank: int = 0
+    world_size: int = 1
 
 
 def _pad_to(arr: np.ndarray, size: int, value: float) -> np.ndarray:
@@ -92,35 +101,94 @@ def pad_case(case: PreparedCase, patch: int) -> PreparedCase:
                         _pad_to(case.mask, patch, False))
 
 
-class PatchSampler:
-    """Random patches, centred on a body voxel with probability ``MASK_BIAS``."""
+class PatchCase(Protocol):
+    """What the sampler reads patches from: a case in memory, or one in the grid cache on disk
+    (``training.grid_cache.CachedCase``: read through memory maps, one patch at a time)."""
 
-    def __init__(self, cases: Sequence[PreparedCase], patch: int) -> None:
+    name: str
+    shape: tuple[int, int, int]
+    body_voxels: int
+
+    def body_voxel(self, index: int) -> np.ndarray: ...
+
+    def read(self, corner: tuple[int, int, int], size: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class MemoryCase:
+    """A :class:`PreparedCase` held in memory, read as a :class:`PatchCase`."""
+
+    def __init__(self, case: PreparedCase) -> None:
+        self.name = case.name
+        self.case = case
+        self.shape = tuple(int(n) for n in case.mask.shape)
+        self._body = np.argwhere(case.mask)
+        self.body_voxels = len(self._body)
+
+    def body_voxel(self, index: int) -> np.ndarray:
+        return self._body[index]
+
+    def read(self, corner: tuple[int, int, int], size: int) -> tuple[np.ndarray, np.ndarray]:
+        sl = tuple(slice(c, c + size) for c in corner)
+        ct, mr = self.case.ct[(slice(None), *sl)], self.case.mr[sl]
+        return _pad_to(ct, size, -1.0), _pad_to(mr, size, -1.0)
+
+
+class PatchSampler:
+    """Random patches, centred on a body voxel with probability ``MASK_BIAS``.
+
+    The batch of iteration i is drawn from its own generator, seeded by (seed, rank, i): a batch
+    depends on neither the process that made it (DataLoader workers) nor where a run was resumed,
+    and every rank of a distributed run draws patches of its own."""
+
+    def __init__(self, cases: Sequence[PreparedCase | PatchCase], patch: int, seed: int = 0, rank: int = 0) -> None:
         if not cases:
             raise DataError("no training cases: the data folder holds no usable case")
-        self.cases = [pad_case(c, patch) for c in cases]
-        self.patch = patch
-        self._body = [np.argwhere(c.mask) for c in self.cases]
+        self.cases: list[PatchCase] = [MemoryCase(c) if isinstance(c, PreparedCase) else c  # type: ignore[misc]
+                                       for c in cases]
+        self.patch, self.seed, self.rank = patch, seed, rank
 
-    def _corner(self, rng: np.random.Generator, index: int) -> tuple[int, ...]:
-        shape = self.cases[index].mask.shape
-        body = self._body[index]
-        if len(body) and rng.random() < MASK_BIAS:
-            centre = body[rng.integers(len(body))]
+    def _corner(self, rng: np.random.Generator, case: PatchCase) -> tuple[int, int, int]:
+        if case.body_voxels and rng.random() < MASK_BIAS:
+            centre = case.body_voxel(int(rng.integers(case.body_voxels)))
         else:
-            centre = np.array([rng.integers(n) for n in shape])
-        return tuple(int(np.clip(c - self.patch // 2, 0, n - self.patch)) for c, n in zip(centre, shape))
+            centre = np.array([rng.integers(n) for n in case.shape])
+        return tuple(int(max(0, min(c - self.patch // 2, n - self.patch)))  # type: ignore[return-value]
+                     for c, n in zip(centre, case.shape))
 
     def batch(self, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(ct, mr) patches: (size, C, P, P, P) and (size, 1, P, P, P) float32."""
         cts, mrs = [], []
         for _ in range(size):
-            i = int(rng.integers(len(self.cases)))
-            z, y, x = self._corner(rng, i)
-            sl = np.s_[z:z + self.patch, y:y + self.patch, x:x + self.patch]
-            cts.append(self.cases[i].ct[(slice(None), *sl)])
-            mrs.append(self.cases[i].mr[sl])
+            case = self.cases[int(rng.integers(len(self.cases)))]
+            ct, mr = case.read(self._corner(rng, case), self.patch)
+            cts.append(ct)
+            mrs.append(mr)
         return torch.from_numpy(np.stack(cts)), torch.from_numpy(np.stack(mrs)[:, None].copy())
+
+    def batch_at(self, iteration: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch of ``iteration`` for this rank."""
+        return self.batch(np.random.default_rng([self.seed, self.rank, iteration]), size)
+
+
+class PatchStream(IterableDataset):  # type: ignore[type-arg]
+    """Batches of iterations ``start``..``stop`` for a DataLoader: worker w of W makes those of
+    the iterations w, w + W, ...; the DataLoader takes them in turn, so they arrive in order."""
+
+    def __init__(self, sampler: PatchSampler, batch_size: int, start: int, stop: int) -> None:
+        self.sampler, self.batch_size, self.start, self.stop = sampler, batch_size, start, stop
+
+    def __iter__(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        info = get_worker_info()
+        first, step = (0, 1) if info is None else (info.id, info.num_workers)
+        for iteration in range(self.start + first, self.stop, step):
+            yield (iteration, *self.sampler.batch_at(iteration, self.batch_size))
+
+
+def patch_loader(sampler: PatchSampler, batch_size: int, start: int, stop: int, workers: int,
+                 pin_memory: bool) -> DataLoader:  # type: ignore[type-arg]
+    """The DataLoader of :class:`PatchStream` (``workers`` processes; 0: in this process)."""
+    return DataLoader(PatchStream(sampler, batch_size, start, stop), batch_size=None, num_workers=workers,
+                      pin_memory=pin_memory, prefetch_factor=4 if workers else None)
 
 
 class Objective:
@@ -194,17 +262,16 @@ class _Forward:
             return self.network(x, t).float()
 
 
-def _rng_state(rng: np.random.Generator, gen: torch.Generator) -> dict[str, Any]:
-    return {"numpy": rng.bit_generator.state, "torch": gen.get_state()}
-
-
 def _save_state(path: Path, iteration: int, network: nn.Module, ema: nn.Module | None,
-                opt: torch.optim.Optimizer, rng: np.random.Generator, gen: torch.Generator,
-                settings: TrainSettings, val_losses: list[tuple[int, float]]) -> None:
+                opt: torch.optim.Optimizer, gen: torch.Generator, settings: TrainSettings,
+                val_losses: list[tuple[int, float]], scaler: torch.amp.GradScaler | None, world: int) -> None:
+    """Write the run state atomically. Patches need no saved state (each iteration's batch has
+    its own seed); the noise generator's is rank 0's."""
     state = {
         "iteration": iteration, "network": network.state_dict(), "optimizer": opt.state_dict(),
-        "ema": ema.state_dict() if ema is not None else None, "rng": _rng_state(rng, gen),
+        "ema": ema.state_dict() if ema is not None else None, "rng": {"torch": gen.get_state()},
         "settings": asdict(settings), "val_losses": val_losses,
+        "scaler": scaler.state_dict() if scaler is not None else None, "world_size": world,
     }
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -212,6 +279,8 @@ def _save_state(path: Path, iteration: int, network: nn.Module, ema: nn.Module |
 
 
 def _load_state(path: Path, settings: TrainSettings) -> dict[str, Any] | None:
+    """The saved run state, its tensors on the CPU whatever device wrote it (they move to this
+    run's device as they are loaded), or None when there is none."""
     if not path.is_file():
         return None
     try:
@@ -256,16 +325,38 @@ def learning_rate(settings: TrainSettings, iteration: int) -> float:
 
 
 
-def train(cases: Sequence[PreparedCase], settings: TrainSettings, run_dir: Path,
+def resolve_precision(device: str, precision: str = "auto") -> tuple[torch.device, torch.dtype | None]:
+    """The device and the autocast dtype of a run: ``auto`` is bf16 on a GPU that has it, fp16
+    otherwise, and fp32 on the CPU; ``bf16`` also runs on the CPU (autocast), ``fp16`` needs a GPU."""
+    dev, autocast = resolve_device(device)
+    if precision == "auto":
+        return dev, autocast
+    chosen = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, "?")
+    if chosen == "?":
+        raise ModelError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
+    if chosen == torch.float16 and dev.type != "cuda":
+        raise ModelError("fp16 training needs a GPU (its gradient scaler is CUDA's); on the CPU use bf16 or fp32")
+    if chosen == torch.bfloat16 and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ModelError("this GPU has no bf16; use --precision fp16 (with a gradient scaler) or auto")
+    return dev, chosen  # type: ignore[return-value]
+
+
+def train(cases: Sequence[PreparedCase | PatchCase], settings: TrainSettings, run_dir: Path,
           on_step: Callable[[int, float], None] | None = None, device: str = "cpu",
-          max_seconds: float | None = None) -> TrainOutcome:
+          max_seconds: float | None = None, precision: str = "auto", workers: int = 0) -> TrainOutcome:
     """Train (or resume) for ``settings.iterations`` iterations on ``device``; state saved in ``run_dir``.
 
     ``max_seconds`` ends the run early, state saved, once that much time has passed (a lease on a
-    GPU host runs out); the outcome says how far it got and the same command resumes."""
+    GPU host runs out); the outcome says how far it got and the same command resumes. Patches
+    are made in ``workers`` DataLoader processes. In a process group (:mod:`.distributed`,
+    torchrun) the network is wrapped in DistributedDataParallel: gradients are averaged over
+    the ranks, each rank draws its own patches and noise, and rank 0 alone validates, reads and
+    writes the state (the others get it from rank 0); a run resumes with any number of ranks."""
     start = time.perf_counter()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dev, autocast = resolve_device(device)
+    rank, world = distributed.rank(), distributed.world_size()
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    dev, autocast = resolve_precision(device, precision)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed patch shapes: let cuDNN pick its fastest 3D kernels
     torch.manual_seed(settings.seed)
@@ -273,39 +364,53 @@ def train(cases: Sequence[PreparedCase], settings: TrainSettings, run_dir: Path,
     network.train()
     ema = copy.deepcopy(network).requires_grad_(False) if settings.ema_decay > 0 else None
     opt = torch.optim.AdamW(network.parameters(), lr=settings.lr, weight_decay=1e-4)
-    rng = np.random.default_rng(settings.seed)
-    gen = torch.Generator().manual_seed(settings.seed)
-    sampler = PatchSampler(cases, settings.patch)
+    gen = torch.Generator().manual_seed(distributed.rank_seed(settings.seed, rank))
+    sampler = PatchSampler(cases, settings.patch, settings.seed, rank)
     objective = Objective(settings.arch, settings.scheduler, settings.sampling)
-    val_rng = np.random.default_rng(settings.seed + 1)
-    val_batches = [sampler.batch(val_rng, settings.batch_size) for _ in range(4)]
+    val_batches = []
+    if rank == 0:
+        val_rng = np.random.default_rng(settings.seed + 1)
+        val_batches = [sampler.batch(val_rng, settings.batch_size) for _ in range(4)]
     scaler = torch.amp.GradScaler("cuda") if autocast == torch.float16 else None
     iteration, val_losses, loss_value = 0, [], math.nan
-    state = _load_state(run_dir / STATE_FILE, settings)
+    # rank 0 alone reads the state (as it alone writes it) and hands it to the others
+    state = distributed.from_rank0(_load_state(run_dir / STATE_FILE, settings) if rank == 0 else None)
     if state is not None:
         iteration, val_losses = int(state["iteration"]), list(state["val_losses"])
         network.load_state_dict(state["network"])
-        opt.load_state_dict(state["optimizer"])
+        opt.load_state_dict(state["optimizer"])  # its tensors follow the parameters' device
         if ema is not None and state["ema"] is not None:
             ema.load_state_dict(state["ema"])
-        rng.bit_generator.state = state["rng"]["numpy"]
-        gen.set_state(state["rng"]["torch"])
-        log.info("resuming %s training at iteration %d", settings.arch, iteration)
+        if rank == 0:
+            gen.set_state(state["rng"]["torch"])
+        else:
+            gen.manual_seed(distributed.rank_seed(settings.seed, rank, iteration))
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        log.info("resuming %s training at iteration %d (saved by %d process(es), now %d)", settings.arch,
+                 iteration, int(state.get("world_size", 1)), world)
     resumed_from = iteration
+    model: nn.Module = network
+    if world > 1:
+        model = DistributedDataParallel(network, device_ids=[dev.index] if dev.type == "cuda" else None)
 
     def save() -> None:
-        _save_state(run_dir / STATE_FILE, iteration, network, ema, opt, rng, gen, settings, val_losses)
+        if rank == 0:
+            _save_state(run_dir / STATE_FILE, iteration, network, ema, opt, gen, settings, val_losses, scaler, world)
 
+    batches = patch_loader(sampler, settings.batch_size, iteration, settings.iterations, workers, dev.type == "cuda")
     try:
-        while iteration < settings.iterations:
-            if max_seconds is not None and time.perf_counter() - start > max_seconds:
+        for expected, ct, mr in batches:
+            if expected != iteration:
+                raise CheckpointError(f"patch stream out of order: batch {expected} at iteration {iteration}")
+            late = max_seconds is not None and time.perf_counter() - start > max_seconds
+            if distributed.any_rank(late, dev):
                 log.warning("stopping at iteration %d of %d: the time limit of %.0f s is reached",
-                            iteration, settings.iterations, max_seconds)
+                            iteration, settings.iterations, max_seconds or 0.0)
                 break
             for group in opt.param_groups:
                 group["lr"] = learning_rate(settings, iteration)
-            ct, mr = sampler.batch(rng, settings.batch_size)
-            loss = objective.loss(network, ct.to(dev, non_blocking=True), mr.to(dev, non_blocking=True), gen, autocast)
+            loss = objective.loss(model, ct.to(dev, non_blocking=True), mr.to(dev, non_blocking=True), gen, autocast)
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -325,14 +430,15 @@ def train(cases: Sequence[PreparedCase], settings: TrainSettings, run_dir: Path,
                 raise CheckpointError(f"training diverged at iteration {iteration} (loss {loss_value}); lower --lr")
             if on_step is not None:
                 on_step(iteration, loss_value)
-            if settings.val_every and iteration % settings.val_every == 0:
+            if settings.val_every and iteration % settings.val_every == 0 and rank == 0:
                 val_losses.append((iteration, _validate(ema or network, objective, val_batches, settings.seed,
                                                         dev, autocast)))
                 log.info("iteration %d: train loss %.4f, validation loss %.4f", iteration, loss_value, val_losses[-1][1])
                 save()
     finally:
+        del batches  # ends the DataLoader's workers
         save()
     final = (ema if ema is not None else network).cpu()
     final.eval()
     return TrainOutcome(final, iteration, loss_value, val_losses, time.perf_counter() - start, resumed_from,
-                        PRECISIONS[autocast])
+                        PRECISIONS[autocast], rank, world)

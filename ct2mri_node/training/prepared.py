@@ -173,14 +173,19 @@ def read_prepared(folder: Path, spacing_mm: float) -> list[GridCase]:
     for name in manifest["cases"]:
         family = str(manifest.get("families", {}).get(name, "unlabelled"))
         check_training_family(name, family)
-        try:
-            with np.load(Path(folder) / f"{name}.npz") as arrays:
-                cases.append(GridCase(name, arrays["hu"], arrays["mr"], arrays["mask"].astype(bool), family))
-        except (OSError, KeyError, ValueError) as exc:
-            raise DataError(f"{folder}: case {name} is missing or corrupt ({exc}); prepare the data again") from exc
+        cases.append(read_one(folder, name, family))
     if not cases:
         raise DataError(f"{folder}: the prepared folder holds no case")
     return cases
+
+
+def read_one(folder: Path, name: str, family: str = "unlabelled") -> GridCase:
+    """One case of a prepared folder; DataError when it is missing or corrupt."""
+    try:
+        with np.load(Path(folder) / f"{name}.npz") as arrays:
+            return GridCase(name, arrays["hu"], arrays["mr"], arrays["mask"].astype(bool), family)
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataError(f"{folder}: case {name} is missing or corrupt ({exc}); prepare the data again") from exc
 
 
 def describe(folder: Path) -> str:

@@ -23,6 +23,7 @@ from ..model.checkpoint import ModelCard, save_checkpoint
 from ..model.diffusion import sampling_config, scheduler_config
 from ..model.networks import ARCHITECTURES, matched_base_channels, network_config, patch_multiple
 from ..model.trainer import PreparedCase, TrainOutcome, TrainSettings, train
+from . import grid_cache
 from . import prepared as prep
 
 if TYPE_CHECKING:
@@ -62,6 +63,9 @@ class TrainRequest:
     device: str = "cpu"         # auto | cpu | cuda | cuda:N
     max_minutes: float | None = None   # stop early (state saved, checkpoint written) after this long
     weights_dtype: str = "float32"     # how the checkpoint stores its weights: float32 or float16
+    precision: str = "auto"     # auto (bf16/fp16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    workers: int = 2            # DataLoader processes making patches (0: in the training process)
+    cache: Path | None = None   # grid cache folder (default <out>/grid-cache)
     name: str | None = None
     description: str = DEMO_DESCRIPTION
     command: str = field(default_factory=lambda: shlex.join(["ct2mri-node", *sys.argv[1:]]))
@@ -99,6 +103,10 @@ def validate(request: TrainRequest) -> None:
         raise ConfigError("--max-minutes must be positive")
     if request.levels < 2:
         raise ConfigError("--levels must be at least 2")
+    if request.precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"--precision must be auto, fp32, bf16 or fp16, got {request.precision!r}")
+    if request.workers < 0:
+        raise ConfigError("--workers must not be negative")
 
 
 def sampling(request: TrainRequest) -> dict[str, object]:
@@ -197,18 +205,39 @@ def make_card(request: TrainRequest, settings: TrainSettings, outcome: TrainOutc
 
 def run_training(request: TrainRequest, cases: Sequence[PreparedCase] | None = None,
                  on_step: Callable[[int, float], None] | None = None) -> tuple[Path, TrainOutcome]:
-    """Train (resuming if ``out`` holds a run state) and save the checkpoint into ``out``."""
+    """Train (resuming if ``out`` holds a run state) and save the checkpoint into ``out``.
+
+    Without ``cases`` the data folder is read through the grid cache (:mod:`.grid_cache`): the
+    first process of each machine (local rank 0) fills it, the others of a torchrun run wait,
+    then every rank reads patches from it. Only rank 0 writes the checkpoint."""
+    from ..model import distributed
+
     validate(request)
     ct_mapping = mapping(request)
-    if cases is None:
-        cases = load_prepared(request.data, request.spacing_mm, ct_mapping, request.mr_norm)
-    settings = TrainSettings(
-        arch=request.arch, network=network(request),
-        scheduler=scheduler_config(), iterations=request.iterations, batch_size=request.batch_size,
-        patch=request.patch, lr=request.lr, seed=request.seed, val_every=request.val_every,
-        sampling=sampling(request),
-    )
-    max_seconds = None if request.max_minutes is None else request.max_minutes * 60.0
-    outcome = train(cases, settings, request.out, on_step, request.device, max_seconds)
-    card = make_card(request, settings, outcome, len(cases), ct_mapping)
-    return save_checkpoint(request.out, card, outcome.network), outcome
+    try:
+        device = distributed.start(request.device)
+        first_here = distributed.local_rank() == 0
+        data: Sequence[PreparedCase | grid_cache.CachedCase]
+        if cases is None:
+            cache = grid_cache.GridCache(request.cache or grid_cache.default_cache_dir(request.out))
+            if first_here:
+                data = grid_cache.cached_cases(request.data, request.spacing_mm, cache, ct_mapping, request.mr_norm)
+            distributed.barrier()
+            if not first_here:
+                data = grid_cache.cached_cases(request.data, request.spacing_mm, cache, ct_mapping, request.mr_norm)
+        else:
+            data = cases
+        settings = TrainSettings(
+            arch=request.arch, network=network(request),
+            scheduler=scheduler_config(), iterations=request.iterations, batch_size=request.batch_size,
+            patch=request.patch, lr=request.lr, seed=request.seed, val_every=request.val_every,
+            sampling=sampling(request),
+        )
+        max_seconds = None if request.max_minutes is None else request.max_minutes * 60.0
+        outcome = train(data, settings, request.out, on_step, device, max_seconds, request.precision, request.workers)
+        if outcome.rank != 0:
+            return request.out, outcome
+        card = make_card(request, settings, outcome, len(data), ct_mapping)
+        return save_checkpoint(request.out, card, outcome.network), outcome
+    finally:
+        distributed.stop()
