@@ -24,7 +24,7 @@ def doc_commands() -> list[Command]:
     for language, first, body in _fences(DOC.read_text(encoding="utf-8")):
         if language == "sh":
             for number, line in _logical_lines(body, first):
-                commands += _simple_commands(line, number, inline=False)
+                commands += _simple_commands("docs/training.md", line, number, inline=False)
     return commands
 
 
