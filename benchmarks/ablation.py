@@ -133,6 +133,7 @@ def format_rows(results: dict[str, Any]) -> str:
 def record_in_card(args: argparse.Namespace) -> int:
     """Write one checkpoint's evaluation summary (from ``evaluate``'s JSON) into its card.json."""
     from ct2mri_node.model.checkpoint import CARD, read_card
+    from ct2mri_node.model.translator import TranslationSettings
 
     directory = Path(args.checkpoint)
     entry = json.loads(Path(args.json).read_text())[directory.name]
@@ -146,7 +147,8 @@ def record_in_card(args: argparse.Namespace) -> int:
             "correlation_min": round(s["r_min"], 4), "uniformity_min": s["uniformity_min"],
             "seam_ratio_max": s["seam_max"], "ssim_mean": round(s["ssim"], 4),
         }
-    evaluation["settings"] = "the card's defaults (TranslationSettings(): its sampler and steps), seed 0"
+    evaluation["settings"] = ("the card's defaults (TranslationSettings(): its sampler and steps), seed 0, "
+                              f"sliding-window overlap {TranslationSettings().overlap}")
     card.evaluation = evaluation
     (directory / CARD).write_text(json.dumps(card.to_json(), indent=2) + "\n")
     print(json.dumps(evaluation, indent=2))
