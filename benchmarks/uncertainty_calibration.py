@@ -6,10 +6,10 @@
     # or case folders on disk (`ct2mri-node phantoms --family heldout --out data/heldout ...`)
     .venv/bin/python benchmarks/uncertainty_calibration.py --data data/heldout [--limit N] ...
     # the script end to end with a tiny random checkpoint (numbers meaningless)
-    .venv/bin/python benchmarks/uncertainty_calibration.py --tiny --family independent --cases 1 --samples 2
+    .venv/bin/python benchmarks/uncertainty_calibration.py --tiny --family independent --kind small_head --cases 1 --samples 2 --steps 2
 
-``--family independent|heldout`` generates ``--cases`` cases of each kind of that evaluation-only
-family (``families.family(name).generate_case(kind, seed, name=...)``), seeds from ``--seed``
+``--family independent|heldout`` generates ``--cases`` cases of each kind (or of ``--kind``) of that
+evaluation-only family (``families.family(name).generate_case(kind, seed, name=...)``), seeds from ``--seed``
 (default 5000 for independent, 9000 for heldout, as ``benchmarks/ablation.py evaluate``); the
 family may be given twice. Each CT is translated with N samples exactly as the node does it,
 giving the MR (the mean) and the uncertainty map (per-voxel SD across the samples, in MR pixel
@@ -59,15 +59,19 @@ def _line(label: str, n: dict[str, Any], voxels: str = "", seconds: str = "") ->
             f"{n['zero_sd_share']:>6.3f} {seconds:>6}")
 
 
-def generated_cases(families: list[str], cases: int, seed: int | None) -> Iterator[tuple[str, Any]]:
-    """(family, case) for ``cases`` cases of every kind of each family, generated in memory."""
+def generated_cases(families: list[str], cases: int, seed: int | None,
+                    kinds: list[str] | None = None) -> Iterator[tuple[str, Any]]:
+    """(family, case) for ``cases`` cases of every kind (or of ``kinds``) of each family, generated in memory."""
     from ct2mri_node.training.families import family
 
     for name in families:
         module = family(name)
+        unknown = sorted(set(kinds or ()) - set(module.KINDS))
+        if unknown:
+            raise SystemExit(f"family {name} has no kind {', '.join(unknown)}; choose from {', '.join(module.KINDS)}")
         first = FAMILY_SEEDS[name] if seed is None else seed
         for index in range(cases):
-            for kind in module.KINDS:
+            for kind in (k for k in module.KINDS if not kinds or k in kinds):
                 yield name, module.generate_case(kind, first + index, name=f"{name}_{index}_{kind}")
 
 
@@ -89,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=2, help="with --family: cases per kind (default 2)")
     parser.add_argument("--seed", type=int, default=None,
                         help="with --family: first case seed (default 5000 independent, 9000 heldout)")
+    parser.add_argument("--kind", action="append", default=None,
+                        help="with --family: only this kind (small_head, adult_head, pelvis; may repeat; default every kind)")
     parser.add_argument("--limit", type=int, default=None, help="with --data: first N cases only")
     parser.add_argument("--checkpoint", default="bundled")
     parser.add_argument("--tiny", action="store_true",
@@ -105,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--limit goes with --data; with --family use --cases")
     if not args.family and args.seed is not None:
         parser.error("--seed goes with --family (the first generated case's seed)")
+    if not args.family and args.kind:
+        parser.error("--kind goes with --family")
     if args.cases < 1:
         parser.error("--cases must be at least 1")
 
@@ -118,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = str(make_tiny_checkpoint(tempfile.mkdtemp()))
     translator = Translator(checkpoint, TranslationSettings(steps=args.steps, samples=args.samples, seed=args.sample_seed,
                                                             overlap=args.overlap, device="cpu"))
-    cases = (generated_cases(list(dict.fromkeys(args.family)), args.cases, args.seed) if args.family
+    cases = (generated_cases(list(dict.fromkeys(args.family)), args.cases, args.seed, args.kind) if args.family
              else folder_cases(args.data or "data/heldout", args.limit))
     rng = np.random.default_rng(0)
     rows: list[dict[str, Any]] = []

@@ -95,7 +95,9 @@ def test_summary_row_is_the_mean_and_the_worst_case_of_a_family() -> None:
 
 
 def test_top_share_refuses_arrays_that_do_not_match() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="one size"):
         top_share(np.ones(10), np.ones(9))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="one size"):
+        top_share(np.ones((10, 2)), np.ones((10, 2)))
+    with pytest.raises(ValueError, match="fraction"):
         top_share(np.ones(10), np.ones(10), fraction=0.0)
