@@ -1,23 +1,33 @@
-"""Calibration of the uncertainty map on held-out phantom cases with known truth.
+"""Calibration of the uncertainty map on evaluation-only phantom cases with known truth.
 
-    .venv/bin/python benchmarks/uncertainty_calibration.py [--data data/heldout] [--samples 8]
-        [--steps 4] [--limit N] [--checkpoint bundled] [--json OUT]
+    # cases generated in memory, every kind of the family (seeds as benchmarks/ablation.py evaluate)
+    .venv/bin/python benchmarks/uncertainty_calibration.py --family heldout --cases 2 [--seed 9000]
+        [--samples 8] [--steps 4] [--overlap 0.5] [--checkpoint bundled] [--json OUT]
+    # or case folders on disk (`ct2mri-node phantoms --family heldout --out data/heldout ...`)
+    .venv/bin/python benchmarks/uncertainty_calibration.py --data data/heldout [--limit N] ...
+    # the script end to end with a tiny random checkpoint (numbers meaningless)
+    .venv/bin/python benchmarks/uncertainty_calibration.py --tiny --family independent --kind small_head --cases 1 --samples 2 --steps 2
 
-For each case (``ct2mri-node phantoms --family heldout``: an evaluation-only family the bundled
-model never saw) the CT is translated with N samples exactly as the node does it, giving the MR
-(the mean) and the uncertainty map (per-voxel SD across the samples, in MR pixel units). Both are
-compared with the truth MR in the evaluation's normalised units (``training/metrics.normalise``:
-each volume's own 1st/99th percentile inside the body -> [0, 1]); the SD is put in the same units
-by dividing by the synthetic MR's P99 - P1 (the normalisation is linear there).
-
-Reported per case and overall (inside the body mask):
+``--family independent|heldout`` generates ``--cases`` cases of each kind (or of ``--kind``) of that
+evaluation-only family (``families.family(name).generate_case(kind, seed, name=...)``), seeds from ``--seed``
+(default 5000 for independent, 9000 for heldout, as ``benchmarks/ablation.py evaluate``); the
+family may be given twice. Each CT is translated with N samples exactly as the node does it,
+giving the MR (the mean) and the uncertainty map (per-voxel SD across the samples, in MR pixel
+units). Both are compared with the truth MR in the evaluation's normalised units
+(``training/metrics.normalise``: each volume's own 1st/99th percentile inside the body ->
+[0, 1]); the SD is put in the same units by dividing by the synthetic MR's P99 - P1 (the
+normalisation is linear there). The numbers (``ct2mri_node/training/calibration.py``), per case
+and as a summary row per family (mean over its cases; JSON adds the lowest Spearman and the
+lowest and highest +-2 SD coverage), inside the body mask:
 
 - ``spearman``: Spearman rank correlation between the SD and the absolute error of the mean (does
   the map point at the voxels that are wrong?);
-- ``within_2sd``: share of voxels whose truth lies within mean +- 2 SD (about 0.95 for a
-  calibrated Gaussian spread; far below: over-confident; at 1: under-confident);
+- ``within_1sd`` / ``within_2sd``: share of voxels whose truth lies within mean +- 1 / 2 SD (about
+  0.68 / 0.95 for a calibrated Gaussian spread; far below: over-confident; near 1: under-confident);
+- ``top10_share``: share of the 10 % largest errors that lie in the 10 % highest-SD voxels (1: the
+  map finds the worst voxels; 0.1: chance);
 - ``median_error_over_sd``: median of |error| / SD (about 0.67 for a calibrated Gaussian);
-- ``mean_sd`` and ``mae`` in normalised units.
+- ``mean_sd`` and ``mae`` in normalised units; ``zero_sd_share``: voxels with no spread at all.
 
 The samples differ only in the noise the sampler adds, so the map shows where the model's
 output depends on that noise; an error the model makes the same way in every sample (a contrast
@@ -29,94 +39,125 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-MAX_VOXELS = 200_000   # voxels per case for the rank correlation (a seeded random subset)
+#: First case seed per evaluation family (the same as benchmarks/ablation.py evaluate).
+FAMILY_SEEDS: dict[str, int] = {"independent": 5000, "heldout": 9000}
+COLUMNS = (f"{'case':<28} {'voxels':>8} {'spearman':>8} {'in 1SD':>7} {'in 2SD':>7} {'top10':>6} "
+           f"{'med|e|/SD':>9} {'mean SD':>8} {'MAE':>6} {'SD=0':>6} {'s':>6}")
 
 
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's rho (average ranks for ties) of two 1-D arrays."""
-    from scipy.stats import spearmanr
-
-    if a.size < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan")
-    return float(spearmanr(a, b).statistic)
+def _line(label: str, n: dict[str, Any], voxels: str = "", seconds: str = "") -> str:
+    return (f"{label:<28} {voxels:>8} {n['spearman']:>8.3f} {n['within_1sd']:>7.3f} {n['within_2sd']:>7.3f} "
+            f"{n['top10_share']:>6.3f} {n['median_error_over_sd']:>9.2f} {n['mean_sd']:>8.4f} {n['mae']:>6.3f} "
+            f"{n['zero_sd_share']:>6.3f} {seconds:>6}")
 
 
-def case_numbers(truth: np.ndarray, mean: np.ndarray, sd: np.ndarray, mask: np.ndarray,
-                 rng: np.random.Generator) -> dict[str, float]:
-    """The calibration numbers of one case (see the module docstring)."""
-    from ct2mri_node.training.metrics import NORMALISE_PERCENTILES, normalise
+def generated_cases(families: list[str], cases: int, seed: int | None,
+                    kinds: list[str] | None = None) -> Iterator[tuple[str, Any]]:
+    """(family, case) for ``cases`` cases of every kind (or of ``kinds``) of each family, generated in memory."""
+    from ct2mri_node.training.families import family
 
-    low, high = np.percentile(mean[mask], NORMALISE_PERCENTILES)
-    scale = float(high - low) if high > low else 1.0
-    error = np.abs(normalise(mean, mask) - normalise(truth, mask))[mask]
-    spread = (sd.astype(np.float64) / scale)[mask]
-    pick = rng.choice(error.size, size=min(MAX_VOXELS, error.size), replace=False)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(spread > 0, error / spread, np.inf)
-    return {
-        "voxels": int(error.size),
-        "spearman": spearman(spread[pick], error[pick]),
-        "within_2sd": float(np.mean(error <= 2.0 * spread)),
-        "median_error_over_sd": float(np.median(ratio)),
-        "mean_sd": float(spread.mean()),
-        "mae": float(error.mean()),
-        "zero_sd_share": float(np.mean(spread == 0)),
-    }
+    for name in families:
+        module = family(name)
+        unknown = sorted(set(kinds or ()) - set(module.KINDS))
+        if unknown:
+            raise SystemExit(f"family {name} has no kind {', '.join(unknown)}; choose from {', '.join(module.KINDS)}")
+        first = FAMILY_SEEDS[name] if seed is None else seed
+        for index in range(cases):
+            for kind in (k for k in module.KINDS if not kinds or k in kinds):
+                yield name, module.generate_case(kind, first + index, name=f"{name}_{index}_{kind}")
+
+
+def folder_cases(data: str, limit: int | None) -> Iterator[tuple[str, Any]]:
+    """(family, case) for the case folders under ``data``; the family is the folder's name."""
+    from ct2mri_node.training.pairs import list_cases, load_case
+
+    for path in list_cases(data)[:limit]:
+        yield Path(data).name, load_case(path)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="data/heldout",
-                        help="held-out cases (`ct2mri-node phantoms --family heldout --out data/heldout --cases 6 --seed 9000`)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--data", default=None,
+                        help="folder of case folders (default data/heldout when no --family is given)")
+    source.add_argument("--family", action="append", choices=tuple(FAMILY_SEEDS),
+                        help="generate the evaluation-only cases of this family in memory (may repeat)")
+    parser.add_argument("--cases", type=int, default=2, help="with --family: cases per kind (default 2)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="with --family: first case seed (default 5000 independent, 9000 heldout)")
+    parser.add_argument("--kind", action="append", default=None,
+                        help="with --family: only this kind (small_head, adult_head, pelvis; may repeat; default every kind)")
+    parser.add_argument("--limit", type=int, default=None, help="with --data: first N cases only")
     parser.add_argument("--checkpoint", default="bundled")
+    parser.add_argument("--tiny", action="store_true",
+                        help="use a tiny random checkpoint (checks the script; numbers meaningless)")
     parser.add_argument("--samples", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--limit", type=int, default=None, help="first N cases only")
+    parser.add_argument("--steps", type=int, default=4, help="network evaluations per patch and sample")
+    parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5, the node's)")
+    parser.add_argument("--sample-seed", type=int, default=0, help="seed of the samples (the node's model.seed)")
     parser.add_argument("--json", default=None, help="also write the numbers as JSON here")
     args = parser.parse_args(argv)
     if args.samples < 2:
         parser.error("--samples must be at least 2 (the map is the spread across samples)")
+    if args.family and args.limit is not None:
+        parser.error("--limit goes with --data; with --family use --cases")
+    if not args.family and args.seed is not None:
+        parser.error("--seed goes with --family (the first generated case's seed)")
+    if not args.family and args.kind:
+        parser.error("--kind goes with --family")
+    if args.cases < 1:
+        parser.error("--cases must be at least 1")
 
     from ct2mri_node.model.translator import TranslationSettings, Translator
-    from ct2mri_node.training.pairs import list_cases, load_case
+    from ct2mri_node.training.calibration import case_numbers, summarise
 
-    translator = Translator(args.checkpoint, TranslationSettings(steps=args.steps, samples=args.samples,
-                                                                 seed=args.seed, device="cpu"))
-    cases = list_cases(args.data)[: args.limit]
+    checkpoint = args.checkpoint
+    if args.tiny:
+        from ct2mri_node.model.testing import make_tiny_checkpoint
+
+        checkpoint = str(make_tiny_checkpoint(tempfile.mkdtemp()))
+    translator = Translator(checkpoint, TranslationSettings(steps=args.steps, samples=args.samples, seed=args.sample_seed,
+                                                            overlap=args.overlap, device="cpu"))
+    cases = (generated_cases(list(dict.fromkeys(args.family)), args.cases, args.seed, args.kind) if args.family
+             else folder_cases(args.data or "data/heldout", args.limit))
     rng = np.random.default_rng(0)
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     print(f"model {translator.model_info.name} {translator.model_info.version}, {args.samples} samples, "
-          f"{translator.settings.steps} evaluations/patch ({translator.settings.sampler}), seed {args.seed}")
-    print(f"{'case':<26} {'voxels':>8} {'spearman':>8} {'in 2SD':>7} {'med|e|/SD':>9} {'mean SD':>8} "
-          f"{'MAE':>6} {'SD=0':>6} {'s':>6}")
-    for path in cases:
-        case = load_case(path)
+          f"{translator.settings.steps} evaluations/patch ({translator.settings.sampler}), overlap {args.overlap}, "
+          f"sample seed {args.sample_seed}")
+    print(COLUMNS)
+    for family_name, case in cases:
         start = time.perf_counter()
         result = translator.translate(case.ct, case.spacing)
-        assert result.uncertainty is not None
+        if result.uncertainty is None:
+            raise SystemExit(f"{case.name}: the translator returned no uncertainty map")
         numbers = case_numbers(case.mr, result.mr.astype(np.float32), result.uncertainty, case.mask, rng)
         numbers["seconds"] = time.perf_counter() - start
-        rows.append({"case": path.name, **numbers})
-        print(f"{path.name:<26} {numbers['voxels']:>8} {numbers['spearman']:>8.3f} {numbers['within_2sd']:>7.3f} "
-              f"{numbers['median_error_over_sd']:>9.2f} {numbers['mean_sd']:>8.4f} {numbers['mae']:>6.3f} "
-              f"{numbers['zero_sd_share']:>6.3f} {numbers['seconds']:>6.0f}", flush=True)
-    overall = {key: float(np.mean([r[key] for r in rows]))
-               for key in ("spearman", "within_2sd", "median_error_over_sd", "mean_sd", "mae", "zero_sd_share")}
-    print(f"{'mean over cases':<26} {'':>8} {overall['spearman']:>8.3f} {overall['within_2sd']:>7.3f} "
-          f"{overall['median_error_over_sd']:>9.2f} {overall['mean_sd']:>8.4f} {overall['mae']:>6.3f} "
-          f"{overall['zero_sd_share']:>6.3f}")
+        rows.append({"family": family_name, "case": case.name, **numbers})
+        print(_line(case.name, numbers, str(numbers["voxels"]), f"{numbers['seconds']:.0f}"), flush=True)
+    if not rows:
+        raise SystemExit("no cases found")
+    families = {name: summarise([r for r in rows if r["family"] == name]) for name in dict.fromkeys(r["family"] for r in rows)}
+    for name, summary in families.items():
+        print(_line(f"{name}: mean of {summary['cases']}", summary))
+    overall = summarise(rows)
+    if len(families) > 1:
+        print(_line(f"all: mean of {overall['cases']}", overall))
     print(f"total {time.perf_counter() - started:.0f} s")
     if args.json:
-        Path(args.json).write_text(json.dumps({"samples": args.samples, "steps": translator.settings.steps,
-                                               "cases": rows, "mean": overall}, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(
+            {"model": f"{translator.model_info.name} {translator.model_info.version}", "checkpoint": str(checkpoint),
+             "samples": args.samples, "steps": translator.settings.steps, "overlap": args.overlap,
+             "sample_seed": args.sample_seed, "cases": rows, "families": families, "mean": overall}, indent=2) + "\n")
     return 0
 
 
