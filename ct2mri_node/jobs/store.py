@@ -249,19 +249,26 @@ class JobStore:
         returned)."""
         now = time.time()
         with self.transaction() as conn:
-            job_id = self.open_job_id(conn, series_uid)
-            if job_id is None:
-                cur = conn.execute(
-                    "INSERT INTO jobs (series_uid, study_uid, state, created_at, updated_at, calling_ae)"
-                    " VALUES (?, ?, 'received', ?, ?, ?)",
-                    (series_uid, study_uid, now, now, calling_ae),
-                )
-                job_id = int(cur.lastrowid or 0)
-            elif calling_ae is not None:
-                conn.execute("UPDATE jobs SET calling_ae=COALESCE(calling_ae, ?) WHERE id=?", (calling_ae, job_id))
+            job_id = self._open_or_new_job(conn, series_uid, study_uid, "received", now, calling_ae)
             superseded = self._supersede(conn, series_uid, job_id, now)
         self._report_superseded(superseded, job_id, series_uid)
         return [old for old, _ in superseded]
+
+    def _open_or_new_job(self, conn: Connection, series_uid: str, study_uid: str, state: str, now: float,
+                         calling_ae: str | None = None) -> int:
+        """Inside the caller's transaction: the series' open job (``calling_ae`` kept on it if it
+        has none), or a new one in ``state``; returns its id."""
+        job_id = self.open_job_id(conn, series_uid)
+        if job_id is None:
+            cur = conn.execute(
+                "INSERT INTO jobs (series_uid, study_uid, state, created_at, updated_at, calling_ae)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (series_uid, study_uid, state, now, now, calling_ae),
+            )
+            return int(cur.lastrowid or 0)
+        if calling_ae is not None:
+            conn.execute("UPDATE jobs SET calling_ae=COALESCE(calling_ae, ?) WHERE id=?", (calling_ae, job_id))
+        return job_id
 
     @staticmethod
     def _supersede(conn: Connection, series_uid: str, newer_id: int, now: float) -> list[tuple[int, str]]:
@@ -310,14 +317,7 @@ class JobStore:
         with ``reason``, never having been queued; returns the job id. Its files stay in the spool."""
         now = time.time()
         with self.transaction() as conn:
-            job_id = self.open_job_id(conn, series_uid)
-            if job_id is None:
-                cur = conn.execute(
-                    "INSERT INTO jobs (series_uid, study_uid, state, created_at, updated_at)"
-                    " VALUES (?, ?, 'refused', ?, ?)",
-                    (series_uid, study_uid, now, now),
-                )
-                job_id = int(cur.lastrowid or 0)
+            job_id = self._open_or_new_job(conn, series_uid, study_uid, "refused", now)
             conn.execute(
                 "UPDATE jobs SET state='refused', reason=?, finished_at=?, updated_at=?, last_instance_at=?,"
                 " calling_ae=COALESCE(?, calling_ae) WHERE id=?",
@@ -369,14 +369,7 @@ class JobStore:
         rule's reason, so no worker can claim a job that a rule turned away."""
         now = time.time()
         with self.transaction() as conn:
-            job_id = self.open_job_id(conn, series_uid)
-            if job_id is None:
-                cur = conn.execute(
-                    "INSERT INTO jobs (series_uid, study_uid, state, created_at, updated_at)"
-                    " VALUES (?, ?, 'queued', ?, ?)",
-                    (series_uid, study_uid, now, now),
-                )
-                job_id = int(cur.lastrowid or 0)
+            job_id = self._open_or_new_job(conn, series_uid, study_uid, "queued", now)
             conn.execute(
                 "UPDATE jobs SET state='queued', queued_at=?, updated_at=?, last_instance_at=?,"
                 " calling_ae=COALESCE(?, calling_ae) WHERE id=?",
