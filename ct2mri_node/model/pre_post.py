@@ -133,16 +133,26 @@ def fat_anchor(mr: np.ndarray, ct_hu: np.ndarray, mask: np.ndarray) -> float:
     return float(np.percentile(inside, 99.0))
 
 
-def normalise_mr(mr: np.ndarray, ct_hu: np.ndarray, mask: np.ndarray, method: str = "fat") -> np.ndarray:
-    """The training target: MR on the model grid -> [-1, 1] float32 by ``method`` (:data:`MR_METHODS`)."""
+def mr_target_map(mr: np.ndarray, ct_hu: np.ndarray, mask: np.ndarray, method: str = "fat") -> tuple[float, float]:
+    """(scale, offset) of the training target: both methods are one linear map per case, clipped
+    to [-1, 1], so a patch can be normalised without the whole case (``training/grid_cache.py``)."""
     if method == "percentile":
-        return (normalise_global(mr, mask) * 2.0 - 1.0).astype(np.float32)
+        lo, hi = robust_range(mr, mask)
+        return 2.0 / (hi - lo), -2.0 * lo / (hi - lo) - 1.0
     if method != "fat":
         raise InputError(f"unknown MR normalisation {method!r}; choose one of {', '.join(MR_METHODS)}")
     anchor = fat_anchor(mr, ct_hu, mask)
     if anchor <= 0:
         raise InputError("the MR has no positive signal in the body; cannot anchor it on fat")
-    scaled = mr.astype(np.float32) * np.float32((FAT_ANCHOR_VALUE + 1.0) / anchor) - np.float32(1.0)
+    return (FAT_ANCHOR_VALUE + 1.0) / anchor, -1.0
+
+
+def normalise_mr(mr: np.ndarray, ct_hu: np.ndarray, mask: np.ndarray, method: str = "fat") -> np.ndarray:
+    """The training target: MR on the model grid -> [-1, 1] float32 by ``method`` (:data:`MR_METHODS`)."""
+    if method == "percentile":
+        return (normalise_global(mr, mask) * 2.0 - 1.0).astype(np.float32)
+    scale, offset = mr_target_map(mr, ct_hu, mask, method)
+    scaled = mr.astype(np.float32) * np.float32(scale) + np.float32(offset)
     return np.clip(scaled, -1.0, 1.0).astype(np.float32)
 
 

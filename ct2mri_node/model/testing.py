@@ -1,4 +1,5 @@
-"""Helpers for tests across the project: a tiny, seeded, randomly initialised checkpoint.
+"""Helpers for tests across the project: a tiny, seeded, randomly initialised checkpoint, and
+tiny prepared training cases.
 
 ``make_tiny_checkpoint(tmp_path)`` writes in well under a second a checkpoint whose
 Translator runs a 20x40x40 CT in about a second on the CPU (base 4 channels, 2 levels,
@@ -14,11 +15,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .checkpoint import ModelCard, save_checkpoint
 from .diffusion import sampling_config, scheduler_config
 from .networks import build_network, network_config
+from .pre_post import IntensityMapping
+from .trainer import PreparedCase
 
 log = logging.getLogger(__name__)
 
@@ -108,3 +112,19 @@ def make_foreign_bundle(directory: str | os.PathLike[str], seed: int = 0, weight
     else:
         save_file(state, str(root / "models" / "model.safetensors"))
     return root
+
+
+def tiny_prepared_cases(count: int = 2, noise: float = 0.05, insert_hu_step: float | None = None) -> list[PreparedCase]:
+    """``count`` seeded 12x20x20 training cases: a 40 HU block in air, its MR 0.5 in the body and
+    -1 outside plus Gaussian ``noise``; with ``insert_hu_step`` case i also holds a small insert of
+    ``i * insert_hu_step`` HU (so the cases differ)."""
+    rng = np.random.default_rng(0)
+    cases = []
+    for i in range(count):
+        hu = np.full((12, 20, 20), -1000.0, np.float32)
+        hu[2:10, 4:16, 4:16] = 40.0
+        if insert_hu_step is not None:
+            hu[4:8, 6:12, 6:12] = insert_hu_step * i
+        mr = np.where(hu > -500, 0.5, -1.0).astype(np.float32) + rng.normal(0, noise, hu.shape).astype(np.float32)
+        cases.append(PreparedCase(f"case{i}", IntensityMapping().encode(hu), mr, hu > -500))
+    return cases

@@ -43,20 +43,6 @@ META = "meta.json"
 _lock = threading.Lock()
 
 
-def target_map(mr: np.ndarray, hu: np.ndarray, mask: np.ndarray, method: str) -> tuple[float, float]:
-    """(scale, offset) with ``clip(mr * scale + offset, -1, 1)`` = :func:`pre_post.normalise_mr`:
-    both MR targets are a per-case linear map, so a patch is normalised without the whole case."""
-    if method == "percentile":
-        lo, hi = pre_post.robust_range(mr, mask)
-        return 2.0 / (hi - lo), -2.0 * lo / (hi - lo) - 1.0
-    if method != "fat":
-        raise DataError(f"unknown MR normalisation {method!r}; choose one of {', '.join(pre_post.MR_METHODS)}")
-    anchor = pre_post.fat_anchor(mr, hu, mask)
-    if anchor <= 0:
-        raise DataError("the MR has no positive signal in the body; cannot anchor it on fat")
-    return (pre_post.FAT_ANCHOR_VALUE + 1.0) / anchor, -1.0
-
-
 @dataclass
 class CachedCase:
     """One case in the cache: read a patch of it (CT channels and MR target) without loading it.
@@ -142,7 +128,7 @@ class GridCache:
         np.save(tmp / "mr.npy", mr)
         np.save(tmp / "body.npy", np.argwhere(mask).astype(np.int16))
         hu32, mr32 = hu.astype(np.float32), mr.astype(np.float32)
-        target = {method: target_map(mr32, hu32, mask, method) for method in pre_post.MR_METHODS}
+        target = {method: pre_post.mr_target_map(mr32, hu32, mask, method) for method in pre_post.MR_METHODS}
         meta = {"name": grid.name, "family": grid.family, "shape": list(hu.shape), "body_voxels": int(mask.sum()),
                 "target": target, "version": CACHE_VERSION}
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from ct2mri_node.model.checkpoint import load_checkpoint
-from ct2mri_node.model.pre_post import IntensityMapping
+from ct2mri_node.model.testing import tiny_prepared_cases
 from ct2mri_node.model.trainer import STATE_FILE, PreparedCase
 from ct2mri_node.training.pairs import PairedCase, write_case
 from ct2mri_node.training.train import TrainRequest, run_training
@@ -28,14 +28,7 @@ TRAIN = ["--arch", "enhanced", "--patch", "8", "--batch-size", "2", "--base-chan
 
 
 def tiny_cases() -> list[PreparedCase]:
-    rng = np.random.default_rng(0)
-    cases = []
-    for i in range(2):
-        hu = np.full((12, 20, 20), -1000.0, np.float32)
-        hu[2:10, 4:16, 4:16] = 40.0
-        mr = np.where(hu > -500, 0.5, -1.0).astype(np.float32) + rng.normal(0, 0.05, hu.shape).astype(np.float32)
-        cases.append(PreparedCase(f"case{i}", IntensityMapping().encode(hu), mr, hu > -500))
-    return cases
+    return tiny_prepared_cases()
 
 
 def request(out: Path, iterations: int, **kw: object) -> TrainRequest:

@@ -10,26 +10,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ct2mri_node.model import distributed
 from ct2mri_node.model.diffusion import scheduler_config
-from ct2mri_node.model.pre_post import IntensityMapping
+from ct2mri_node.model.testing import tiny_prepared_cases
 from ct2mri_node.model.trainer import PreparedCase, TrainSettings, train
 from ct2mri_node.training.train import TrainRequest, network, sampling
 
 
 def cases() -> list[PreparedCase]:
-    rng = np.random.default_rng(0)
-    out = []
-    for i in range(3):
-        hu = np.full((12, 20, 20), -1000.0, np.float32)
-        hu[2:10, 4:16, 4:16] = 40.0
-        hu[4:8, 6:12, 6:12] = 400.0 * i
-        mr = np.where(hu > -500, 0.5, -1.0).astype(np.float32) + rng.normal(0, 0.1, hu.shape).astype(np.float32)
-        out.append(PreparedCase(f"case{i}", IntensityMapping().encode(hu), mr, hu > -500))
-    return out
+    return tiny_prepared_cases(3, noise=0.1, insert_hu_step=400.0)
 
 
 def main() -> None:
