@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-VERSION = "0.3.1"
+VERSION = "0.3.2"
 #: ``--ct-input``: the CT windows (default) or the single linear -1024..2000 HU mapping of v0.2.
 CT_INPUTS: tuple[str, ...] = ("windows", "linear")
 DEMO_DESCRIPTION = ("demonstration model trained on synthetic data (randomised phantoms and ICBM152-derived heads), "
