@@ -133,7 +133,7 @@ def output_uids(ct: CTVolume, result: TranslationResult) -> OutputUids:
 def pixel_settings(result: TranslationResult) -> tuple[object, ...]:
     """The settings that change the pixels, in a fixed order (they enter the UIDs)."""
     s = result.settings
-    return (result.model.architecture, s.sampler, s.steps, s.seed, s.overlap, s.samples)
+    return (result.model.architecture, s.sampler, s.steps, s.seed, s.overlap, s.samples, s.t0)
 
 
 def uid_precision(result: TranslationResult) -> str:

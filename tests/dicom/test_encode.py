@@ -126,6 +126,11 @@ def test_same_inputs_same_uids_and_new_uids_for_new_settings(tmp_path: Path, hu:
     c = encode_series(ct, translation_result(hu.shape, seed=1))
     assert [d.SOPInstanceUID for d in a] == [d.SOPInstanceUID for d in b]
     assert a[0].SeriesInstanceUID != c[0].SeriesInstanceUID
+    # the refine sampler's t0 changes the pixels, so it enters the UIDs like the overlap does
+    for change in ({"t0": 100}, {"overlap": 0.25}):
+        other = translation_result(hu.shape)
+        other.settings = dataclasses.replace(other.settings, **change)
+        assert encode_series(ct, other)[0].SeriesInstanceUID != a[0].SeriesInstanceUID, change
 
 
 def test_result_off_the_grid_is_refused(tmp_path: Path, hu: np.ndarray) -> None:
