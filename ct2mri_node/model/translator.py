@@ -3,7 +3,8 @@
 The one entry point everyone else uses (see docs/architecture.md). Steps: check the input,
 body mask, HU -> [-1, 1], resample to the model spacing, crop to the body's bounding box (plus
 a margin; nothing outside the body is shown, so no network time is spent there), sample
-(``refine``: the estimate, then DDIM from t0; ``ddim``/``ddpm``: from noise; ``unet``: one pass;
+(``refine``: the estimate, then DDIM from t0; by default the bundled model's one-pass estimate
+alone, docs/model.md; ``ddim``/``ddpm``: from noise; ``unet``: one pass;
 ``samples`` > 1 averages several samples, run as one batch), global normalisation and contrast
 enhancement on the model grid, resample back to the exact CT shape, 12-bit mapping. With several
 samples the result also carries their per-voxel standard deviation in MR pixel units (the
