@@ -74,7 +74,7 @@ def evaluate_checkpoints(args: argparse.Namespace) -> int:
 
     results: dict[str, Any] = {}
     for checkpoint in args.checkpoint:
-        translator = Translator(checkpoint, TranslationSettings(device=args.device))
+        translator = Translator(checkpoint, TranslationSettings(device=args.device, steps=args.steps, t0=args.t0))
         rows = []
         for name, first_seed in FAMILY_SEEDS.items():
             module = family(name)
@@ -86,9 +86,11 @@ def evaluate_checkpoints(args: argparse.Namespace) -> int:
                     rows.append({"family": name, "kind": kind, **asdict(result)})
                     print(f"{Path(checkpoint).name:24} {result.name:28} T1w {_t1w(result.t1w)} r {result.correlation:.3f} "
                           f"unif {_num((result.uniformity or {}).get('min'))} seam {_num(result.seam_ratio)} "
+                          f"SSIM {result.ssim:.3f} MAE {result.mae:.4f} tex {_num((result.texture or {}).get('spectrum'))} "
+                          f"{result.seconds:.0f} s "
                           f"failed {(result.t1w or {}).get('failed')}", flush=True)
         results[Path(checkpoint).name] = {"checkpoint": str(checkpoint), "model": asdict(translator.model_info),
-                                          "cases": rows}
+                                          "settings": asdict(translator.settings), "cases": rows}
     Path(args.json).write_text(json.dumps(results, indent=2, default=float) + "\n")
     print(format_rows(results))
     return 0
@@ -116,17 +118,28 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "r_mean": sum(r["correlation"] for r in mine) / len(mine), "r_min": min(r["correlation"] for r in mine),
             "uniformity_min": min(uniform) if uniform else None, "seam_max": max(seams) if seams else None,
             "ssim": sum(r["ssim"] for r in mine) / len(mine),
+            "mae": sum(r["mae"] for r in mine) / len(mine),
+            "texture_spectrum": _mean_of([(r.get("texture") or {}).get("spectrum") for r in mine]),
+            "texture_gradient": _mean_of([(r.get("texture") or {}).get("gradient") for r in mine]),
+            "seconds": sum(r["seconds"] for r in mine) / len(mine),
         }
     return out
 
 
+def _mean_of(values: list[float | None]) -> float | None:
+    """The mean of the values that are there (None when none is: JSON from before the texture measure)."""
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
 def format_rows(results: dict[str, Any]) -> str:
-    lines = ["| arm | family | every T1w check | r mean (min) | uniformity min | seam ratio max | SSIM |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| arm | family | every T1w check | r mean (min) | uniformity min | seam ratio max | SSIM | texture |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for arm, entry in results.items():
         for name, s in summarise(entry["cases"]).items():
             lines.append(f"| {arm} | {name} | {s['all_t1w']}/{s['cases']} | {s['r_mean']:.2f} ({s['r_min']:.2f}) | "
-                         f"{_num(s['uniformity_min'])} | {_num(s['seam_max'])} | {s['ssim']:.3f} |")
+                         f"{_num(s['uniformity_min'])} | {_num(s['seam_max'])} | {s['ssim']:.3f} | "
+                         f"{_num(s.get('texture_spectrum'))} |")
     return "\n".join(lines)
 
 
@@ -183,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--checkpoint", action="append", required=True)
     e.add_argument("--cases", type=int, default=2, help="cases per kind and family (default 2)")
     e.add_argument("--device", default="auto")
+    e.add_argument("--steps", type=int, help="network evaluations per patch (default: each card's)")
+    e.add_argument("--t0", type=int, help="refine sampler's t0 (default: each card's)")
     e.add_argument("--json", required=True)
     e.add_argument("--montage-dir")
     e.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's choice)")

@@ -36,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--sampler", choices=["auto", "refine", "ddim", "ddpm"], default="auto",
                         help="sampler (default auto: the model's own)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument("--t0", type=int,
+                        help="refine sampler: the timestep (1-999) the estimate is noised to before the DDIM "
+                        "steps; needs --steps >= 2 to matter (default: the model card's)")
     parser.add_argument("--samples", type=int, default=1,
                         help="samples averaged into each synthetic MR (default 1)")
     parser.add_argument("--overlap", type=float, default=0.5,
@@ -55,10 +58,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--steps must be at least 1, got {args.steps}")
     if args.samples < 1:
         raise ConfigError(f"--samples must be at least 1, got {args.samples}")
+    if args.t0 is not None and args.t0 < 1:
+        raise ConfigError(f"--t0 must be at least 1, got {args.t0}")
     if not 0.0 <= args.overlap < 1.0:
         raise ConfigError(f"--overlap must be at least 0 and below 1, got {args.overlap}")
     settings = TranslationSettings(steps=args.steps, sampler=args.sampler, seed=args.seed, device=args.device,
-                                   samples=args.samples, overlap=args.overlap)
+                                   samples=args.samples, overlap=args.overlap, t0=args.t0)
     report = evaluate(args.data, args.checkpoint, settings, args.limit, args.montage_dir)
     write_report(report, args.json_out)
     print(format_table(report))

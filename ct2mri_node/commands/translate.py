@@ -41,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--overlap", type=float, default=0.5,
                         help="share of a sliding-window patch its neighbour also covers, 0 <= x < 1 (default 0.5)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument("--t0", type=int,
+                        help="refine sampler: the timestep (1-999) the estimate is noised to before the DDIM "
+                        "steps; needs --steps >= 2 to matter (default: the model card's)")
     parser.add_argument("--sampler", choices=["auto", "refine", "ddim", "ddpm"], default="auto",
                         help="sampler (default auto: the model's own, refine for the bundled model)")
     parser.add_argument("--uncertainty-map", action="store_true",
@@ -94,6 +97,8 @@ def _options(args: argparse.Namespace) -> Any:
 
     if min(args.steps or 1, args.samples, args.min_slices, args.max_slices, args.max_matrix) < 1:
         raise ConfigError("--steps, --samples, --min-slices, --max-slices and --max-matrix must be at least 1")
+    if args.t0 is not None and args.t0 < 1:
+        raise ConfigError(f"--t0 must be at least 1, got {args.t0}")
     if not 0.0 <= args.overlap < 1.0:
         raise ConfigError(f"--overlap must be at least 0 and below 1, got {args.overlap}")
     if args.max_slices < args.min_slices:
@@ -122,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     if not datasets:
         raise InputError(f"--input {args.input} holds no DICOM files; give a CT DICOM series")
     settings = TranslationSettings(steps=args.steps, sampler=args.sampler, seed=args.seed,
-                                   device=args.device, samples=args.samples, overlap=args.overlap)
+                                   device=args.device, samples=args.samples, overlap=args.overlap, t0=args.t0)
     translator = _LazyTranslator(args.checkpoint, settings, args.bundle)
     outcome = run_pipeline(datasets, translator, options)
     write_series(outcome.all_datasets, args.output)

@@ -38,7 +38,7 @@ from ..errors import ModelError
 from .uids import OutputUids, SourceKey, derive_output_uids
 
 if TYPE_CHECKING:  # deliver/ never imports the model (and torch) at run time
-    from ..model.translator import TranslationResult
+    from ..model.translator import TranslationResult, TranslationSettings
     from ..volume.assemble import CTVolume, SliceSource
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def output_uids(ct: CTVolume, result: TranslationResult) -> OutputUids:
 def pixel_settings(result: TranslationResult) -> tuple[object, ...]:
     """The settings that change the pixels, in a fixed order (they enter the UIDs)."""
     s = result.settings
-    return (result.model.architecture, s.sampler, s.steps, s.seed, s.overlap, s.samples)
+    return (result.model.architecture, s.sampler, s.steps, s.seed, s.overlap, s.samples, s.t0)
 
 
 def uid_precision(result: TranslationResult) -> str:
@@ -226,9 +226,19 @@ def _labels(ds: Dataset, ct: CTVolume, result: TranslationResult) -> None:
     ds.DerivationDescription = _ascii(
         f"Synthetic MR computed from CT series {ct.series_instance_uid} by model {model.name} "
         f"{model.version} ({model.architecture}, weights sha256 {model.weight_hash}); "
-        f"{settings.sampler} sampler, {settings.steps} steps, seed {settings.seed}; global "
+        f"{sampling_words(settings)}, {settings.steps} steps, seed {settings.seed}; global "
         "normalisation and automatic contrast enhancement; on the CT's own voxel grid."
     )[:1024]
+
+
+def sampling_words(settings: TranslationSettings) -> str:
+    """How the pixels were sampled, in words: the refine sampler's one evaluation is the diffusion
+    network's one-pass estimate, not a denoising chain, and says so (issue 23)."""
+    if settings.sampler == "refine" and settings.steps == 1:
+        return "one-pass estimate of the diffusion network (refine sampler, no denoising steps)"
+    if settings.sampler == "refine":
+        return f"refine sampler (the estimate, noised to t0 {settings.t0}, then DDIM steps)"
+    return f"{settings.sampler} sampler"
 
 
 def _references(ds: Dataset, ct: CTVolume) -> None:

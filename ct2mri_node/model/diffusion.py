@@ -143,8 +143,10 @@ METHODS: tuple[str, ...] = ("noise", "refine")
 DEFAULT_SAMPLING: dict[str, Any] = {"method": "noise", "default_steps": 20}
 #: The enhanced model's sampling: t0 = 400 of 1000 keeps ~80% of the estimate's signal amplitude
 #: (alpha_bar 0.65 on the cosine schedule) and noise of std 0.59, enough to wash out its errors.
-#: Default one evaluation (the estimate): measured best on SSIM/PSNR/MAE for the bundled model
-#: (model 0.2.0: "Steps against quality", README at commit e6edcc2; docs/model.md); more steps give samples (texture, spread) instead.
+#: Default one evaluation: the estimate alone, i.e. the default output is a one-pass estimate by the
+#: diffusion network, not a denoising chain. Measured: no path with >= 2 evaluations (t0 20-400)
+#: keeps the estimate's fidelity on model 0.3.1 (docs/model.md "Sampling: the one-pass estimate
+#: against denoising paths", benchmarks/sampling_sweep.py); more steps give samples (spread) instead.
 REFINE_SAMPLING: dict[str, Any] = {"method": "refine", "t0": 400, "estimate_fraction": 0.5, "default_steps": 1}
 
 

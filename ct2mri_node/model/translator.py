@@ -3,7 +3,8 @@
 The one entry point everyone else uses (see docs/architecture.md). Steps: check the input,
 body mask, HU -> [-1, 1], resample to the model spacing, crop to the body's bounding box (plus
 a margin; nothing outside the body is shown, so no network time is spent there), sample
-(``refine``: the estimate, then DDIM from t0; ``ddim``/``ddpm``: from noise; ``unet``: one pass;
+(``refine``: the estimate, then DDIM from t0; by default the bundled model's one-pass estimate
+alone, docs/model.md; ``ddim``/``ddpm``: from noise; ``unet``: one pass;
 ``samples`` > 1 averages several samples, run as one batch), global normalisation and contrast
 enhancement on the model grid, resample back to the exact CT shape, 12-bit mapping. With several
 samples the result also carries their per-voxel standard deviation in MR pixel units (the
@@ -30,7 +31,7 @@ import torch  # noqa: E402
 from ..errors import InputError, ModelError
 from . import pre_post
 from .checkpoint import Checkpoint, load_checkpoint
-from .diffusion import RefinePlan, SamplingPlan, refine_plan, sampling_plan
+from .diffusion import REFINE_SAMPLING, RefinePlan, SamplingPlan, refine_plan, sampling_plan
 from .sampler import (
     EvalCounter,
     WindowSpec,
@@ -67,7 +68,8 @@ class TranslationSettings:
     card's method (refine for the enhanced model, ddim for a plain DDPM). ``samples`` > 1 returns
     the mean of that many samples, each with its own seed derived from ``seed``, and their
     standard deviation; a refine model then needs at least 2 evaluations (``steps`` None gives
-    ``max(card default, 2)``; an explicit 1 is a ModelError).
+    ``max(card default, 2)``; an explicit 1 is a ModelError). ``t0`` overrides the card's
+    ``sampling.t0`` (refine only: a small t0 keeps more of the estimate, SDEdit/CCDF).
     """
 
     steps: int | None = None
@@ -80,6 +82,9 @@ class TranslationSettings:
     overlap: float = 0.5
     sw_batch_size: int = 1
     samples: int = 1
+    #: refine only: the timestep the estimate is forward-diffused to before the DDIM steps (None:
+    #: the card's ``sampling.t0``; resolved to it, so it is recorded; None for other samplers)
+    t0: int | None = None
 
 
 def sample_seeds(seed: int, samples: int) -> list[int]:
@@ -207,8 +212,11 @@ class Translator:
         # the scheduler's tables without changing them, so every translate starts from the same plan.
         self.settings = settings = self._resolve(settings, card.architecture, card.sampling)
         self._plan: SamplingPlan | RefinePlan | None = None
+        if settings.t0 is not None and not 1 <= settings.t0 < int(card.scheduler["num_train_timesteps"]):
+            raise ModelError(f"t0 must be between 1 and {int(card.scheduler['num_train_timesteps']) - 1}, "
+                             f"got {settings.t0}")
         if settings.sampler == "refine":
-            self._plan = refine_plan(card.scheduler, card.sampling, int(settings.steps or 1))
+            self._plan = refine_plan(card.scheduler, {**card.sampling, "t0": settings.t0}, int(settings.steps or 1))
         elif card.architecture != "unet":
             self._plan = sampling_plan(card.scheduler, settings.sampler, int(settings.steps or 1))
         if not 0.0 <= settings.overlap < 1.0 or settings.sw_batch_size < 1 or settings.samples < 1:
@@ -228,12 +236,17 @@ class Translator:
             raise ModelError(f"unknown sampler {settings.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         method = str(sampling.get("method", "noise"))
         if arch == "unet":
-            return dataclasses.replace(settings, sampler="regression", steps=1, samples=1)
+            return dataclasses.replace(settings, sampler="regression", steps=1, samples=1, t0=None)
         sampler = settings.sampler
         if sampler == "auto":
             sampler = "refine" if method == "refine" else "ddim"
         if sampler == "refine" and method != "refine":
             raise ModelError("this model was not trained for the refine sampler (no estimate); use ddim or ddpm")
+        t0 = None
+        if sampler == "refine":
+            t0 = settings.t0 if settings.t0 is not None else int(sampling.get("t0", REFINE_SAMPLING["t0"]))
+        elif settings.t0 is not None:
+            raise ModelError(f"t0 applies to the refine sampler only, not {sampler}")
         # The card's default is for the card's own method; a refine model sampled from noise gets 20.
         default = int(sampling.get("default_steps", 20)) if (sampler == "refine") == (method == "refine") else 20
         steps = settings.steps if settings.steps is not None else default
@@ -247,7 +260,7 @@ class Translator:
                     f"steps {steps} with samples {settings.samples}: a refine model's single evaluation is its "
                     "deterministic estimate, so every sample would be the same; use steps >= 2 (or leave steps "
                     "to the model card, which then uses 2) or samples 1")
-        return dataclasses.replace(settings, sampler=sampler, steps=steps)
+        return dataclasses.replace(settings, sampler=sampler, steps=steps, t0=t0)
 
     @property
     def device(self) -> str:

@@ -39,6 +39,7 @@ def build_provenance(job: Job, result: PipelineResult) -> dict[str, Any]:
             "samples": settings.samples,
             "seed": settings.seed,
             "overlap": settings.overlap,
+            "t0": settings.t0,
             "device": translation.device,
             "precision": translation.precision,
             "network_evaluations": translation.network_evaluations,

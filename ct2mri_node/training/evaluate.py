@@ -26,7 +26,16 @@ import numpy as np
 from ..errors import DataError
 from ..fsutil import atomic_write
 from ..render.montage import write_case_montage
-from .metrics import NORMALISE_PERCENTILES, PSNR_CAP_DB, SSIM_BORDER, compare
+from .metrics import (
+    GRADIENT_QUANTILES,
+    NORMALISE_PERCENTILES,
+    PSNR_CAP_DB,
+    SPECTRUM_BINS,
+    SPECTRUM_MIN_BODY_FRACTION,
+    SSIM_BORDER,
+    compare,
+    texture,
+)
 from .pairs import PairedCase, list_cases, load_case, load_labels
 from .tissue_checks import T1W_SOFT_TISSUES, UNIFORMITY_PAIRS, case_checks
 from .tissue_order import MIN_INTERIOR_VOXELS, body_correlation, tissue_order
@@ -47,6 +56,14 @@ METRIC_DEFINITION = (
     f"to 0 in both volumes and averaged over the mask voxels at least {SSIM_BORDER} voxels from the "
     f"volume's edge (SynthRAD2023; skimage gaussian_weights=True). Correlation: Pearson coefficient "
     f"of the raw real and synthetic MR over the mask voxels (0 if either is constant). "
+    f"Texture (lower is closer; 0 = the same), both volumes normalised as above: spectrum: per axial "
+    f"slice where the body fills at least {SPECTRUM_MIN_BODY_FRACTION:g} of its in-plane bounding box, "
+    f"the box with outside-mask voxels set to the slice's body mean, mean removed, 2D Hann taper, "
+    f"power |FFT|^2 averaged over {SPECTRUM_BINS} rings of radial frequency in (0, 0.5] cycles/voxel, "
+    f"normalised to unit sum, log10, averaged over slices; the distance is the mean |difference| of "
+    f"the two log spectra (decades). gradient: 1D Wasserstein distance (mean |difference| of "
+    f"{len(GRADIENT_QUANTILES)} quantiles, {GRADIENT_QUANTILES[0]:g} to {GRADIENT_QUANTILES[-1]:g}) between "
+    f"the central-difference gradient magnitudes over the mask eroded by one 6-connected voxel. "
     f"Cases with tissue labels only: a tissue's interior is its label eroded by one 6-connected "
     f"voxel, inside the mask; tissues with fewer than {MIN_INTERIOR_VOXELS} interior voxels are "
     f"absent. Tissue table: per tissue, mean and SD of the synthetic and of the real MR over its "
@@ -93,6 +110,8 @@ class CaseResult:
     uniformity: dict[str, float | None] | None = None
     #: Seams of the sliding window against elsewhere (labelled cases whose translation reports edges).
     seam_ratio: float | None = None
+    #: ``{"spectrum", "gradient"}``: texture distances from the real MR (:func:`.metrics.texture`).
+    texture: dict[str, float] | None = None
 
 
 def _order_summary(prediction: np.ndarray, case: PairedCase,
@@ -133,7 +152,17 @@ def evaluate_case(translator: Translator, case: PairedCase, montage_dir: Path | 
         checks = case_checks(synthetic, case.mr, label_map, names, case.mask, edges)
     return CaseResult(case.name, scores.mae, scores.psnr, scores.ssim, result.network_evaluations,
                       result.seconds, montage, correlation=body_correlation(case.mr, synthetic, case.mask),
-                      tissue_order=_order_summary(synthetic, case, labels), **checks)
+                      tissue_order=_order_summary(synthetic, case, labels),
+                      texture=_texture(case, synthetic), **checks)
+
+
+def _texture(case: PairedCase, synthetic: np.ndarray) -> dict[str, float] | None:
+    """The case's texture distances; None (and a warning) for a body too small to have a spectrum."""
+    try:
+        return asdict(texture(case.mr, synthetic, case.mask))
+    except DataError as exc:
+        log.warning("case %s: no texture distance: %s", case.name, exc)
+        return None
 
 
 def peak_memory() -> dict[str, int | None]:
@@ -162,6 +191,10 @@ def _mean(results: list[CaseResult]) -> dict[str, float]:
     if passed:
         mean["t1w_all_held"] = float(np.mean(passed))
     mean["t1w_cases"] = float(len(passed))
+    for key in ("spectrum", "gradient"):
+        values = [r.texture[key] for r in results if r.texture is not None]
+        if values:
+            mean[f"texture_{key}"] = float(np.mean(values))
     for key, values in (("uniformity", _uniformities(results)), ("seam_ratio", _seam_ratios(results))):
         if values:
             mean[key] = float(np.mean(values))
@@ -266,6 +299,12 @@ def _number(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _spectrum(row: dict[str, Any]) -> float | None:
+    """A case's (or the mean's) texture spectrum distance, None where there is none."""
+    value = row.get("texture")
+    return value.get("spectrum") if isinstance(value, dict) else row.get("texture_spectrum")
+
+
 def _uniformity_min(row: dict[str, Any]) -> float | None:
     value = row.get("uniformity")
     return value.get("min") if isinstance(value, dict) else value
@@ -286,7 +325,7 @@ def format_table(report: dict[str, Any]) -> str:
     """A plain-text summary: one line per case and the mean, the worst case, then each case's failed
     T1w checks and tissue-order checks and its per-tissue table."""
     header = (f"{'case':<24} {'MAE':>8} {'PSNR':>7} {'SSIM':>7} {'r':>6} {'T1w':>7} {'unif':>6} {'seam':>5} "
-              f"{'order':>6} {'evals':>7} {'s':>7}")
+              f"{'order':>6} {'tex':>6} {'evals':>7} {'s':>7}")
     lines = [header]
     rows = [(c["name"], c) for c in report["cases"]] + [("mean", report["mean"])]
     for name, row in rows:
@@ -296,7 +335,7 @@ def format_table(report: dict[str, Any]) -> str:
                      f"{'-' if correlation is None else f'{correlation:.3f}':>6} "
                      f"{_t1w_text(t1w):>7} {_number(_uniformity_min(row), 1):>6} "
                      f"{_number(row.get('seam_ratio'), 2):>5} {_order_text(row.get('tissue_order')):>6} "
-                     f"{row['network_evaluations']:7.0f} {row['seconds']:7.1f}")
+                     f"{_number(_spectrum(row), 3):>6} {row['network_evaluations']:7.0f} {row['seconds']:7.1f}")
     worst = report.get("worst")
     if worst:
         held = {True: "every case", False: "NOT every case", None: "-"}[worst.get("t1w_all_held")]

@@ -197,3 +197,121 @@ def compare(reference: np.ndarray, prediction: np.ndarray, mask: np.ndarray) -> 
         psnr=masked_psnr(ref, pred, mask, data_range),
         ssim=masked_ssim(ref, pred, mask, data_range),
     )
+
+
+# --------------------------------------------------------------------------------------- texture
+#: Radial frequency bins of :func:`spectrum_distance` between 0 and 0.5 cycles per voxel.
+SPECTRUM_BINS = 16
+#: An axial slice counts in :func:`spectrum_distance` when the body fills at least this share of the
+#: body's in-plane bounding box there (the body's tips are mostly edge, not texture).
+SPECTRUM_MIN_BODY_FRACTION = 0.25
+#: Quantiles compared by :func:`gradient_distance` (the 1D Wasserstein distance on a grid of them).
+GRADIENT_QUANTILES = np.linspace(0.005, 0.995, 199)
+
+
+@dataclass(frozen=True)
+class Texture:
+    """How far a synthetic MR's texture is from the real one's (0: the same; lower is closer)."""
+
+    #: Mean |difference| in decades of the log radially averaged power spectra (per axial slice,
+    #: normalised to unit total power, averaged over slices): :func:`spectrum_distance`.
+    spectrum: float
+    #: 1D Wasserstein distance between the gradient-magnitude distributions inside the body
+    #: (normalised intensity per voxel): :func:`gradient_distance`.
+    gradient: float
+
+
+def radial_spectrum(volume: np.ndarray, mask: np.ndarray, bins: int = SPECTRUM_BINS) -> np.ndarray:
+    """log10 of the radially averaged power spectrum of ``volume``'s axial slices, inside the mask's
+    in-plane bounding box, each normalised to unit total power, averaged over slices; ``bins`` values
+    (fewer for a box under ``2 * bins`` voxels on a side: half its shorter side).
+
+    Per slice (axis 0) with enough body (:data:`SPECTRUM_MIN_BODY_FRACTION`): voxels outside the
+    mask take the slice's mean inside it (so the background adds no texture), the mean is removed,
+    a 2D Hann window tapers the box's edges, and the power ``|FFT|^2`` is averaged over rings of
+    radial frequency ``(0, 0.5]`` cycles/voxel (DC left out; corners beyond 0.5 too). Why: a blur
+    takes power from the high rings, noise adds it; normalising each slice leaves the shape only.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if volume.shape != mask.shape or volume.ndim != 3:
+        raise DataError(f"volume {volume.shape} and mask {mask.shape} must be the same 3D shape")
+    rows = np.flatnonzero(mask.any(axis=(0, 2)))
+    cols = np.flatnonzero(mask.any(axis=(0, 1)))
+    if rows.size < 4 or cols.size < 4:
+        raise DataError("the body is too small in-plane (under 4x4 voxels) for a texture spectrum")
+    box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+    height, width = box[0].stop - box[0].start, box[1].stop - box[1].start
+    # Rings no narrower than the coarser axis's frequency step, so that none is empty.
+    bins = min(bins, min(height, width) // 2)
+    radius = np.hypot(*np.meshgrid(np.fft.fftfreq(height), np.fft.fftfreq(width), indexing="ij"))
+    # Ring k holds radii in (k, k + 1] * 0.5 / bins; index ``bins`` collects what is left out: the
+    # DC term and the corners beyond 0.5 (the tolerance keeps exact ring edges in their ring).
+    ring = np.ceil(radius / 0.5 * bins - 1e-9).astype(int) - 1
+    ring[(ring < 0) | (ring > bins)] = bins
+    counts = np.bincount(ring.ravel(), minlength=bins + 1)[:bins]
+    if (counts == 0).any():
+        raise DataError("the body's in-plane box is too small for the spectrum's frequency rings")
+    taper = np.outer(np.hanning(height), np.hanning(width))
+    spectra = []
+    for index in range(volume.shape[0]):
+        inside = mask[index][box]
+        if inside.mean() < SPECTRUM_MIN_BODY_FRACTION:
+            continue
+        image = volume[index][box].astype(np.float64)
+        image = np.where(inside, image, image[inside].mean())
+        power = np.abs(np.fft.fft2((image - image.mean()) * taper)) ** 2
+        rings = np.bincount(ring.ravel(), weights=power.ravel(), minlength=bins + 1)[:bins] / counts
+        total = rings.sum()
+        if total > 0:
+            spectra.append(rings / total)
+    if not spectra:
+        raise DataError("no axial slice has enough body for a texture spectrum")
+    floor = 1e-12  # a flat slice's empty rings stay finite in log
+    return np.mean(np.log10(np.maximum(np.stack(spectra), floor)), axis=0)
+
+
+def spectrum_distance(reference: np.ndarray, prediction: np.ndarray, mask: np.ndarray) -> float:
+    """Mean |difference| (decades) of the :func:`radial_spectrum` of the two volumes, each
+    :func:`normalise` d first (the normalisation does not change a spectrum's shape but keeps the
+    inputs like :func:`compare`'s)."""
+    mask = _check_pair(reference, prediction, mask)
+    ref = radial_spectrum(normalise(reference, mask), mask)
+    pred = radial_spectrum(normalise(prediction, mask), mask)
+    return float(np.mean(np.abs(ref - pred)))
+
+
+def _erode(mask: np.ndarray) -> np.ndarray:
+    """``mask`` eroded by one 6-connected voxel (voxels on the volume's edge are dropped)."""
+    inner = mask.copy()
+    inner[0], inner[-1] = False, False
+    inner[:, 0], inner[:, -1] = False, False
+    inner[:, :, 0], inner[:, :, -1] = False, False
+    for axis in range(3):
+        inner &= np.roll(mask, 1, axis) & np.roll(mask, -1, axis)
+    return inner
+
+
+def gradient_magnitude(volume: np.ndarray) -> np.ndarray:
+    """|grad| by central differences in voxel units (float64)."""
+    grads = np.gradient(volume.astype(np.float64))
+    return np.sqrt(sum(g * g for g in grads))
+
+
+def gradient_distance(reference: np.ndarray, prediction: np.ndarray, mask: np.ndarray) -> float:
+    """1D Wasserstein distance (mean |quantile difference| over :data:`GRADIENT_QUANTILES`) between
+    the gradient magnitudes of the two :func:`normalise` d volumes over the mask eroded by one voxel
+    (so the body's outline, shared by both, does not dominate). A blur lowers the gradients inside
+    tissues, noise raises them."""
+    mask = _check_pair(reference, prediction, mask)
+    inner = _erode(mask)
+    if not inner.any():
+        inner = mask
+    ref = gradient_magnitude(normalise(reference, mask))[inner]
+    pred = gradient_magnitude(normalise(prediction, mask))[inner]
+    return float(np.mean(np.abs(np.quantile(ref, GRADIENT_QUANTILES) - np.quantile(pred, GRADIENT_QUANTILES))))
+
+
+def texture(reference: np.ndarray, prediction: np.ndarray, mask: np.ndarray) -> Texture:
+    """Both texture distances of ``prediction`` from ``reference`` inside ``mask``."""
+    return Texture(spectrum=spectrum_distance(reference, prediction, mask),
+                   gradient=gradient_distance(reference, prediction, mask))

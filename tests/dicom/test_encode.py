@@ -126,6 +126,24 @@ def test_same_inputs_same_uids_and_new_uids_for_new_settings(tmp_path: Path, hu:
     c = encode_series(ct, translation_result(hu.shape, seed=1))
     assert [d.SOPInstanceUID for d in a] == [d.SOPInstanceUID for d in b]
     assert a[0].SeriesInstanceUID != c[0].SeriesInstanceUID
+    # the refine sampler's t0 changes the pixels, so it enters the UIDs like the overlap does
+    for change in ({"t0": 100}, {"overlap": 0.25}):
+        other = translation_result(hu.shape)
+        other.settings = dataclasses.replace(other.settings, **change)
+        assert encode_series(ct, other)[0].SeriesInstanceUID != a[0].SeriesInstanceUID, change
+
+
+def test_derivation_says_when_the_output_is_the_one_pass_estimate(tmp_path: Path, hu: np.ndarray) -> None:
+    """The refine sampler's single evaluation is the network's estimate, not a denoising chain: the
+    derivation says so, and names t0 when there are DDIM steps (issue 23)."""
+    ct = ct_volume(tmp_path, hu)
+    result = translation_result(hu.shape)
+    result.settings = dataclasses.replace(result.settings, sampler="refine", steps=1, t0=400)
+    (one,) = encode_series(ct, result)[:1]
+    assert "one-pass estimate" in one.DerivationDescription and "1 steps" in one.DerivationDescription
+    result.settings = dataclasses.replace(result.settings, steps=2, t0=50)
+    (two,) = encode_series(ct, result)[:1]
+    assert "one-pass" not in two.DerivationDescription and "t0 50" in two.DerivationDescription
 
 
 def test_result_off_the_grid_is_refused(tmp_path: Path, hu: np.ndarray) -> None:

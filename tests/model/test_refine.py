@@ -120,6 +120,28 @@ def test_translator_uses_the_cards_sampler_and_steps(tiny_checkpoints: dict[str,
         Translator(tiny_checkpoints["ddpm"], TranslationSettings(sampler="refine"))
 
 
+def test_t0_override_is_resolved_recorded_and_changes_only_refined_samples(
+        tiny_checkpoints: dict[str, Path], small_ct: np.ndarray) -> None:
+    ckpt = tiny_checkpoints["enhanced"]
+    card_t0 = Translator(ckpt).settings.t0
+    assert card_t0 is not None and card_t0 != 50
+    small = Translator(ckpt, TranslationSettings(steps=3, t0=50))
+    assert small.settings.t0 == 50 and small._plan.timesteps == [50, 25]  # type: ignore[union-attr]
+    spacing = (3.0, 1.0, 1.0)
+    refined = Translator(ckpt, TranslationSettings(steps=2)).translate(small_ct, spacing)
+    assert not np.array_equal(refined.mr, Translator(ckpt, TranslationSettings(steps=2, t0=50))
+                              .translate(small_ct, spacing).mr)
+    # the estimate alone does not visit t0: the same pixels whatever t0 says
+    assert np.array_equal(Translator(ckpt, TranslationSettings(steps=1)).translate(small_ct, spacing).mr,
+                          Translator(ckpt, TranslationSettings(steps=1, t0=50)).translate(small_ct, spacing).mr)
+    assert Translator(tiny_checkpoints["ddpm"]).settings.t0 is None
+    with pytest.raises(ModelError, match="refine sampler only"):
+        Translator(tiny_checkpoints["ddpm"], TranslationSettings(t0=50))
+    for bad in (0, 1000):
+        with pytest.raises(ModelError, match="t0 must be between"):
+            Translator(ckpt, TranslationSettings(steps=2, t0=bad))
+
+
 def test_mean_of_samples_is_deterministic_and_differs_from_one(tiny_checkpoints: dict[str, Path],
                                                              small_ct: np.ndarray) -> None:
     ckpt = tiny_checkpoints["enhanced"]

@@ -95,6 +95,7 @@ def check_provenance(report: list[dict[str, Any]], ct: list[Path], capture: Capt
     assert prov["model"]["name"] == translator.model_info.name
     assert prov["model"]["version"] == translator.model_info.version
     assert (prov["sampling"]["sampler"], prov["sampling"]["steps"], prov["sampling"]["seed"]) == ("refine", 2, 0)
+    assert prov["sampling"]["t0"] == translator.settings.t0 is not None
     assert prov["output"] == {"series_uid": mr_series.pop(), "instances": len(ct)}
     dests = prov["destinations"]
     assert set(dests) == {"archive", "local"}

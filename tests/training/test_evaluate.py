@@ -17,10 +17,11 @@ from ct2mri_node.model import testing  # the tiny checkpoint
 from ct2mri_node.training.phantoms import write_phantoms
 
 CASE_KEYS = {"name", "mae", "psnr", "ssim", "network_evaluations", "seconds", "montage", "correlation",
-             "tissue_order", "tissue_table", "t1w", "uniformity", "seam_ratio"}
+             "tissue_order", "tissue_table", "t1w", "uniformity", "seam_ratio", "texture"}
 MEAN_KEYS = {"mae", "psnr", "ssim", "network_evaluations", "seconds", "correlation", "tissue_order_cases",
              "t1w_cases"}
-OPTIONAL_MEAN_KEYS = {"tissue_order", "t1w_all_held", "uniformity", "seam_ratio"}
+OPTIONAL_MEAN_KEYS = {"tissue_order", "t1w_all_held", "uniformity", "seam_ratio", "texture_spectrum",
+                      "texture_gradient"}
 REPORT_KEYS = {"data", "model", "settings", "device", "metric_definition", "cases", "mean", "worst", "peak_memory"}
 WORST_KEYS = {"t1w_all_held", "t1w_failed_cases", "correlation", "uniformity", "seam_ratio"}
 
@@ -66,6 +67,8 @@ def test_evaluate_reports_every_case_with_finite_numbers(setup: tuple[Path, Path
         t1w = case["t1w"]
         assert set(t1w) == {"held", "total", "all_held", "failed"} and t1w["held"] + len(t1w["failed"]) == t1w["total"]
         assert set(case["uniformity"]) >= {"min"}
+        assert set(case["texture"]) == {"spectrum", "gradient"} and min(case["texture"].values()) > 0
+    assert loaded["mean"]["texture_spectrum"] == pytest.approx(sum(c["texture"]["spectrum"] for c in loaded["cases"]) / 2)
     assert "T1w checks" in loaded["metric_definition"] and "Seam ratio" in loaded["metric_definition"]
     assert loaded["mean"]["correlation"] == pytest.approx(sum(c["correlation"] for c in loaded["cases"]) / 2)
     scores = [c["tissue_order"]["score"] for c in loaded["cases"] if c["tissue_order"]["score"] is not None]
@@ -77,7 +80,7 @@ def test_evaluate_reports_every_case_with_finite_numbers(setup: tuple[Path, Path
     assert loaded["peak_memory"]["process_max_rss_bytes"] > 10 * 2**20
     table = format_table(loaded)
     assert "case000_head" in table and "mean" in table and " r " in table and "order" in table
-    assert "T1w" in table and "unif" in table and "seam" in table and "worst:" in table
+    assert "T1w" in table and "unif" in table and "seam" in table and "tex" in table and "worst:" in table
 
 
 class _Echo:
