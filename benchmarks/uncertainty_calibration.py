@@ -96,6 +96,9 @@ CALIBRATION_SEEDS: dict[str, int] = {"randomised": 6000, "icbm": 6100}
 #: asks of unseen families, so a shift of the error scale either way between calibration and
 #: evaluation cases has room before leaving that range.
 TARGET_COVERAGE = 0.90
+#: Candidate floors (MR grey levels of 4096) added to the SD before scaling; the calibration keeps
+#: the one with the narrowest band at the target coverage (0: the plain SD score).
+FLOORS: tuple[float, ...] = (0.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0)
 
 
 def calibration_cases(cases: int) -> Iterator[tuple[str, int, Any]]:
@@ -133,7 +136,7 @@ def calibrate(argv: list[str]) -> int:
 
     from ct2mri_node.model.checkpoint import CARD, resolve
     from ct2mri_node.model.translator import TranslationSettings, Translator
-    from ct2mri_node.model.uncertainty import BAND_SD, SOURCES
+    from ct2mri_node.model.uncertainty import BAND_SD, SOURCES, UncertaintyCalibration
     from ct2mri_node.training.calibration import conformal_scale, coverage, error_and_spread
 
     if args.threads:
@@ -144,16 +147,33 @@ def calibrate(argv: list[str]) -> int:
     print(f"model {translator.model_info.name} {translator.model_info.version}: {settings.samples} samples, "
           f"{settings.steps} evaluations/patch ({settings.sampler}), overlap {settings.overlap}; target "
           f"+-2 SD coverage {args.target}")
-    pairs, names = [], []
+    translator.calibration = UncertaintyCalibration()   # the raw SD (the card's current scale not applied)
+    measured, names = [], []
     for family_name, seed, case in calibration_cases(args.cases):
         start = time.perf_counter()
         result = translator.translate(case.ct, case.spacing)
         assert result.uncertainty is not None
-        raw = result.uncertainty / np.float32(result.calibration.scale)   # the card's current k undone
-        pairs.append(error_and_spread(case.mr, result.mr.astype(np.float32), raw, case.mask))
+        mr = result.mr.astype(np.float32)
+        error, raw = error_and_spread(case.mr, mr, result.uncertainty, case.mask)
+        unit = float(np.mean(error_and_spread(case.mr, mr, np.ones_like(mr), case.mask)[1]))  # 1 grey level
+        measured.append((error, raw, unit))
         names.append({"family": family_name, "kind": case.name.split("_", 2)[2], "seed": seed})
         print(f"  {case.name:<28} {time.perf_counter() - start:5.0f} s", flush=True)
-    k = conformal_scale(pairs, args.target, BAND_SD)
+    best: tuple[float, float, float] | None = None
+    for floor in FLOORS:
+        pairs = [(error, raw + floor * unit) for error, raw, unit in measured]
+        try:
+            k = conformal_scale(pairs, args.target, BAND_SD)
+        except ValueError:
+            continue
+        width = float(np.mean([np.mean(2 * BAND_SD * k * spread) for _, spread in pairs]))
+        print(f"  floor {floor:5.0f} grey levels: k {k:8.4f}, mean band width {width:.4f} (normalised units)")
+        if best is None or width < best[2]:
+            best = (floor, k, width)
+    if best is None:
+        raise SystemExit("no floor gives a finite scale: too many voxels with an error but no spread")
+    floor, k, width = best
+    pairs = [(error, raw + floor * unit) for error, raw, unit in measured]
     per_case = [coverage(error, k * spread, BAND_SD) for error, spread in pairs]
     for name, share in zip(names, per_case):
         name["coverage"] = round(share, 4)
@@ -162,15 +182,18 @@ def calibrate(argv: list[str]) -> int:
                f"{args.target} --cases {args.cases} --write-card")
     section = {
         "sources": SOURCES, "sampler": settings.sampler, "steps": settings.steps, "samples": settings.samples,
-        "overlap": settings.overlap, "k": round(k, 4), "band_sd": BAND_SD, "target_coverage": args.target,
-        "method": "split conformal: k is the smallest scale with which mean +- 2 k SD covers the target share "
-                  "of body voxels, averaged over the calibration cases with equal weight per case (errors and "
-                  "SD in the evaluation's normalised units: each volume's body P1/P99 -> [0, 1])",
+        "overlap": settings.overlap, "k": round(k, 4), "floor": floor, "band_sd": BAND_SD,
+        "target_coverage": args.target, "mean_band_width": round(width, 4),
+        "method": "split conformal with a stabilised score |error| / (SD + floor): the map is k (SD + floor) "
+                  "inside the body; k is the smallest scale with which mean +- 2 x the map covers the target "
+                  "share of body voxels, averaged over the calibration cases with equal weight per case; the "
+                  "floor (MR grey levels) is the candidate with the narrowest mean band (errors and SD in the "
+                  "evaluation's normalised units: each volume's body P1/P99 -> [0, 1])",
         "cases": names, "coverage_mean": round(float(np.mean(per_case)), 4),
         "coverage_min": round(float(min(per_case)), 4), "coverage_max": round(float(max(per_case)), 4),
         "command": command,
     }
-    print(f"k = {k:.4f}: +-2 SD covers {np.mean(per_case):.3f} on average (per case {min(per_case):.3f}-"
+    print(f"floor {floor:g}, k = {k:.4f}: +-2 SD covers {np.mean(per_case):.3f} on average (per case {min(per_case):.3f}-"
           f"{max(per_case):.3f})")
     if args.json:
         Path(args.json).write_text(json.dumps(section, indent=2) + "\n")

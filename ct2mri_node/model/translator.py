@@ -136,7 +136,8 @@ class TranslationResult:
     precision: str = "fp32"
     #: With ``samples`` >= 2: the per-voxel standard deviation across the samples (float32, the
     #: shape of ``mr``, in MR pixel units: each sample through the post-processing fitted on the
-    #: mean that became ``mr``; zero outside the body), times ``calibration.scale``. None with one sample.
+    #: mean that became ``mr``; zero outside the body), plus ``calibration.floor`` and times
+    #: ``calibration.scale`` inside the body. None with one sample.
     uncertainty: np.ndarray | None = None
     #: The conformal scale applied to ``uncertainty`` and what it promises (from the model card).
     calibration: UncertaintyCalibration = UncertaintyCalibration()
@@ -304,8 +305,7 @@ class Translator:
         uncertainty = None
         if samples.shape[0] >= 2:
             uncertainty = sample_deviation(samples[:, 0].numpy(), box, raw, mask_model, ct_hu.shape, mask)
-            if self.calibration.scale != 1.0:
-                uncertainty *= np.float32(self.calibration.scale)
+            uncertainty = self.calibration.apply(uncertainty, mask)
         seconds = time.perf_counter() - start
         log.info("translated a %s volume (model grid %s) in %.1f s, %d network evaluations",
                  ct_hu.shape, grid, seconds, counter.count)

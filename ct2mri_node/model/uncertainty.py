@@ -7,10 +7,13 @@ its sliding windows fall, which a noise-only spread cannot see. A list of indepe
 networks (deep ensembles) would be one more source; none is shipped (see docs/model.md).
 
 Scale: ``benchmarks/uncertainty_calibration.py calibrate --write-card`` measures, on calibration
-cases with known truth, the factor ``k`` by which the SD must be multiplied so that mean +- 2 SD
-covers the target share of body voxels (split-conformal, :func:`~ct2mri_node.training.calibration.
-conformal_scale`), and writes it into the card's ``uncertainty`` section. The translator multiplies
-the SD by ``k``; a card without the section gives ``k`` = 1 and the map says it is uncalibrated.
+cases with known truth, a floor ``s0`` (MR grey levels: the error the flips and samples cannot
+see, which every voxel carries) and the factor ``k`` so that mean +- 2 k (SD + s0) covers the
+target share of body voxels (split-conformal with a stabilised score, :func:`~ct2mri_node.training.
+calibration.conformal_scale`; ``s0`` is the candidate giving the narrowest band), and writes both
+into the card's ``uncertainty`` section. Adding a constant does not change the map's ranking. The
+translator returns ``k (SD + s0)`` inside the body; a card without the section gives ``k`` = 1,
+``s0`` = 0 and the map says it is uncalibrated.
 Pure logic, no torch.
 """
 
@@ -19,6 +22,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +59,8 @@ class UncertaintyCalibration:
     ``matches`` whether the translation uses those settings (else the promise is unverified)."""
 
     scale: float = 1.0
+    #: MR grey levels added to the SD inside the body before scaling (0: none).
+    floor: float = 0.0
     calibrated: bool = False
     target: float = 0.0
     achieved: float = 0.0
@@ -68,9 +75,17 @@ class UncertaintyCalibration:
             return cls()
         made = (str(section["sampler"]), int(section["steps"]), int(section["samples"]), float(section["overlap"]))
         used = (settings.sampler, int(settings.steps or 0), settings.samples, float(settings.overlap))
-        return cls(scale=float(section["k"]), calibrated=True, target=float(section["target_coverage"]),
+        return cls(scale=float(section["k"]), floor=float(section.get("floor", 0.0)), calibrated=True, target=float(section["target_coverage"]),
                    achieved=float(section["coverage_mean"]), made_for=describe_settings(*made),
                    matches=made == used, cases=len(section.get("cases", [])))
+
+    def apply(self, sd: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """``scale * (sd + floor)`` inside ``mask``, 0 outside (float32; ``sd`` itself when uncalibrated)."""
+        if self.scale == 1.0 and self.floor == 0.0:
+            return sd
+        out = (np.float32(self.scale) * (sd + np.float32(self.floor))).astype(np.float32, copy=False)
+        out[~np.asarray(mask, dtype=bool)] = 0.0
+        return out
 
     def log_mismatch(self, name: str, version: str, settings: _Settings) -> None:
         """A warning when the scale was measured with other settings than ``settings`` (or is absent)."""
@@ -99,7 +114,8 @@ class UncertaintyCalibration:
             return f"{head}; not calibrated (the model card has no uncertainty section): scale 1, coverage unknown"
         where = ("" if self.matches else
                  f"; measured for {self.made_for}, not the settings used here, so the coverage is not verified")
-        return (f"{head}; multiplied by the split-conformal scale {self.scale:.3f} so that mean +- 2 SD covers "
+        return (f"{head}; plus a floor of {self.floor:.0f} grey levels (error the flips and samples cannot see) "
+                f"and multiplied by the split-conformal scale {self.scale:.3f}, so that mean +- 2 x the map covers "
                 f"{100 * self.target:.0f} % of body voxels on {self.cases} calibration cases "
                 f"(achieved {100 * self.achieved:.1f} %){where}")
 
