@@ -104,7 +104,7 @@ class UncertaintyCalibration:
         if not self.calibrated:
             return f"SD of {samples} flip/noise samples, uncalibrated (x1)"[:64]
         tag = "" if self.matches else ", other settings"
-        return f"SD x{self.scale:.2f}: +-2SD covers {100 * self.target:.0f}% (calib.{tag})"[:64]
+        return f"{self.scale:.2f}x(SD+{self.floor:.0f}); +-2x {100 * self.target:.0f}% on calib. cases{tag}"[:64]
 
     def sentence(self, samples: int) -> str:
         """A sentence for the derivation description, the docs and the logs."""
