@@ -32,7 +32,6 @@ from ..errors import InputError, ModelError
 from . import pre_post
 from .checkpoint import Checkpoint, load_checkpoint
 from .diffusion import RefinePlan, SamplingPlan, refine_plan, sampling_plan
-from .uncertainty import FLIPS, UncertaintyCalibration, sample_flips
 from .sampler import (
     EvalCounter,
     WindowSpec,
@@ -42,6 +41,7 @@ from .sampler import (
     refine_samples,
     window_edges,
 )
+from .uncertainty import FLIPS, UncertaintyCalibration, sample_flips
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class TranslationResult:
     #: ``calibration.scale`` inside the body. None with one sample.
     uncertainty: np.ndarray | None = None
     #: The conformal scale applied to ``uncertainty`` and what it promises (from the model card).
-    calibration: UncertaintyCalibration = UncertaintyCalibration()
+    calibration: UncertaintyCalibration = dataclasses.field(default_factory=UncertaintyCalibration)
     #: Per axis of ``mr``, the planes where the network's sliding-window patches met (voxel-index
     #: units of the CT grid, ``k - 0.5`` between voxels k-1 and k): where tiles would show.
     window_edges: tuple[np.ndarray, ...] = ()

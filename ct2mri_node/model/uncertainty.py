@@ -43,10 +43,16 @@ def sample_flips(samples: int) -> list[tuple[int, ...]]:
 
 
 class _Settings(Protocol):
-    sampler: str
-    steps: int | None
-    samples: int
-    overlap: float
+    """What of :class:`~.translator.TranslationSettings` a calibration is checked against (read-only)."""
+
+    @property
+    def sampler(self) -> str: ...
+    @property
+    def steps(self) -> int | None: ...
+    @property
+    def samples(self) -> int: ...
+    @property
+    def overlap(self) -> float: ...
 
 
 @dataclass(frozen=True)
