@@ -1,8 +1,10 @@
 """Companion objects of a synthetic MR series: the uncertainty map and the QA image.
 
 - **Uncertainty map**: a Parametric Map (1.2.840.10008.5.1.4.1.1.30, ``highdicom.pm``) of the
-  per-voxel standard deviation of the synthetic MR signal across the translation's samples,
-  float pixels in MR pixel units, one frame per CT slice on the CT's grid and frame of
+  per-voxel standard deviation of the synthetic MR signal across the translation's samples
+  (test-time flips and sampler noise) times the model card's conformal scale, float pixels in
+  MR pixel units; its content and derivation descriptions say the sources, the scale and the
+  coverage it was calibrated to (or that it is uncalibrated), one frame per CT slice on the CT's grid and frame of
   reference (plane positions from the CT slices), its source images the MR instances and
   the CT instances they were made from.
 - **QA image**: a Secondary Capture (``highdicom.sc``) of the QA montage: CT, synthetic MR and,
@@ -111,8 +113,10 @@ def _set_equipment(ds: Dataset, equipment: list[Dataset]) -> None:
     ds.ContributingEquipmentSequence = [*equipment, *library]
 
 
-def _label(ds: Dataset, ct: CTVolume, result: TranslationResult, mr_series_uid: str, what: str) -> None:
-    """Synthetic / derived / not for diagnosis, in the words the MR uses, and the related series."""
+def _label(ds: Dataset, ct: CTVolume, result: TranslationResult, mr_series_uid: str, what: str,
+           note: str = "") -> None:
+    """Synthetic / derived / not for diagnosis, in the words the MR uses, and the related series
+    (``note``: a further sentence for the derivation description)."""
     model, settings = result.model, result.settings
     ds.SyntheticData = "YES"
     ds.ImageComments = (
@@ -123,7 +127,7 @@ def _label(ds: Dataset, ct: CTVolume, result: TranslationResult, mr_series_uid: 
         f"{what} of synthetic MR series {mr_series_uid}, computed from CT series {ct.series_instance_uid} "
         f"by model {model.name} {model.version} ({model.architecture}, weights sha256 {model.weight_hash}); "
         f"{settings.sampler} sampler, {settings.steps} steps, {settings.samples} samples, seed "
-        f"{settings.seed}; on the CT's own voxel grid.")[:1024]
+        f"{settings.seed}; on the CT's own voxel grid.{' The map is the ' + note + '.' if note else ''}")[:1024]
     related = []
     for series_uid in (ct.series_instance_uid, mr_series_uid):
         item = Dataset()
@@ -159,13 +163,16 @@ def encode_uncertainty_map(ct: CTVolume, result: TranslationResult, mr: Sequence
     if len(mr) != sd.shape[0]:
         raise ModelError(f"{len(mr)} MR instances for an uncertainty map of {sd.shape[0]} slices")
     mr_series_uid = str(mr[0].SeriesInstanceUID)
-    series_uid, instance_uid = companion_uids("uncertainty-map", mr_series_uid)
+    calibration = result.calibration
+    # the scale changes the map's pixels but not the MR's, so it enters the map's own UIDs
+    kind = "uncertainty-map" if calibration.scale == 1.0 else f"uncertainty-map x{calibration.scale!r}"
+    series_uid, instance_uid = companion_uids(kind, mr_series_uid)
     when = options.contribution_datetime or dt.datetime.now(dt.timezone.utc)
     top = float(sd.max()) if sd.size else 0.0
     samples = result.settings.samples
     mapping = hd.pm.RealWorldValueMapping(
         lut_label="SD",
-        lut_explanation=f"SD of synthetic MR signal across {samples} samples"[:64],
+        lut_explanation=f"SD of synthetic MR across {samples} flip/noise samples"[:64],
         unit=ARBITRARY_UNIT,
         value_range=(0.0, max(top, 1.0)),
         slope=1.0,
@@ -189,7 +196,7 @@ def encode_uncertainty_map(ct: CTVolume, result: TranslationResult, mr: Sequence
         voi_lut_transformations=[hd.VOILUTTransformation(window_center=max(top, 1.0) / 2.0,
                                                          window_width=max(top, 1.0))],
         content_label="SDMAP",
-        content_description=f"SD across {samples} samples, synthetic MR units"[:64],
+        content_description=calibration.short_label(samples),
         content_qualification=hd.ContentQualificationValues.RESEARCH,
         pixel_measures=hd.PixelMeasuresSequence(
             pixel_spacing=(float(spacing[1]), float(spacing[2])),
@@ -211,7 +218,8 @@ def encode_uncertainty_map(ct: CTVolume, result: TranslationResult, mr: Sequence
     pm.Laterality = ""   # type 2C, empty: the map covers the CT's whole field (the MR says ImageLaterality U)
     pm.ContentDate, pm.ContentTime = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
     pm.SeriesDate, pm.SeriesTime = pm.ContentDate, pm.ContentTime
-    _label(pm, ct, result, mr_series_uid, "Per-voxel standard deviation across samples")
+    _label(pm, ct, result, mr_series_uid, "Per-voxel standard deviation across samples",
+           note=calibration.sentence(samples))
     log.info("encoded uncertainty map %s for MR series %s", series_uid, mr_series_uid)
     return pm
 

@@ -49,6 +49,9 @@ class ModelCard:
     seed: int = 0
     iterations: int = 0
     evaluation: dict[str, Any] = field(default_factory=dict)
+    #: The uncertainty map's conformal calibration (``benchmarks/uncertainty_calibration.py
+    #: calibrate --write-card``; :class:`.uncertainty.UncertaintyCalibration`); empty: not calibrated.
+    uncertainty: dict[str, Any] = field(default_factory=dict)
     sampling: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SAMPLING))
     card_version: int = CARD_VERSION
     #: Numerical precision of the training run's forward passes: "fp32", "bf16" or "fp16".

@@ -5,10 +5,11 @@ body mask, HU -> [-1, 1], resample to the model spacing, crop to the body's boun
 a margin; nothing outside the body is shown, so no network time is spent there), sample
 (``refine``: the estimate, then DDIM from t0; by default the bundled model's one-pass estimate
 alone, docs/model.md; ``ddim``/``ddpm``: from noise; ``unet``: one pass;
-``samples`` > 1 averages several samples, run as one batch), global normalisation and contrast
-enhancement on the model grid, resample back to the exact CT shape, 12-bit mapping. With several
-samples the result also carries their per-voxel standard deviation in MR pixel units (the
-uncertainty map).
+``samples`` > 1 averages several samples, each after the first on a flipped copy of the CT and
+flipped back: test-time augmentation), global normalisation and contrast enhancement on the model
+grid, resample back to the exact CT shape, 12-bit mapping. With several samples the result also
+carries their per-voxel standard deviation in MR pixel units, times the model card's conformal
+scale (the uncertainty map, :mod:`.uncertainty`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from .sampler import (
     refine_samples,
     window_edges,
 )
+from .uncertainty import FLIPS, UncertaintyCalibration, sample_flips
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +55,10 @@ SAMPLERS = ("auto", "refine", "ddim", "ddpm")
 #: more samples than fit are run in consecutive batches. On a GPU only patches live on the
 #: device, so all samples always run in one batch there.
 CPU_SAMPLE_BUDGET_BYTES = 4 * 1024**3
-#: Network evaluations per patch a refine model uses when several samples are asked for and
-#: ``steps`` is left to the card: its single default evaluation is the deterministic estimate,
-#: so all samples would be equal; 2 adds one stochastic DDIM step from t0.
+#: Network evaluations per patch a refine model uses when more samples are asked for than there are
+#: test-time flips (:data:`.uncertainty.FLIPS`) and ``steps`` is left to the card: its single
+#: default evaluation is the deterministic estimate, so two samples with the same flip would be
+#: equal; 2 adds one stochastic DDIM step from t0.
 MIN_REFINE_STEPS_FOR_SAMPLES = 2
 
 
@@ -66,9 +69,11 @@ class TranslationSettings:
     ``steps`` counts network evaluations per patch and sample (refine: the estimate plus
     ``steps - 1`` DDIM steps); None takes the model card's default. ``sampler`` "auto" takes the
     card's method (refine for the enhanced model, ddim for a plain DDPM). ``samples`` > 1 returns
-    the mean of that many samples, each with its own seed derived from ``seed``, and their
-    standard deviation; a refine model then needs at least 2 evaluations (``steps`` None gives
-    ``max(card default, 2)``; an explicit 1 is a ModelError). ``t0`` overrides the card's
+    the mean of that many samples, each with its own seed derived from ``seed`` and its own flip
+    of the CT (:func:`.uncertainty.sample_flips`: none for the first, so one sample is the plain
+    translation), and their standard deviation. A refine model's single evaluation is its
+    deterministic estimate, so with more samples than flips it needs at least 2 evaluations
+    (``steps`` None gives ``max(card default, 2)``; an explicit 1 is a ModelError). ``t0`` overrides the card's
     ``sampling.t0`` (refine only: a small t0 keeps more of the estimate, SDEdit/CCDF).
     """
 
@@ -136,8 +141,11 @@ class TranslationResult:
     precision: str = "fp32"
     #: With ``samples`` >= 2: the per-voxel standard deviation across the samples (float32, the
     #: shape of ``mr``, in MR pixel units: each sample through the post-processing fitted on the
-    #: mean that became ``mr``; zero outside the body). None with one sample.
+    #: mean that became ``mr``; zero outside the body), plus ``calibration.floor`` and times
+    #: ``calibration.scale`` inside the body. None with one sample.
     uncertainty: np.ndarray | None = None
+    #: The conformal scale applied to ``uncertainty`` and what it promises (from the model card).
+    calibration: UncertaintyCalibration = dataclasses.field(default_factory=UncertaintyCalibration)
     #: Per axis of ``mr``, the planes where the network's sliding-window patches met (voxel-index
     #: units of the CT grid, ``k - 0.5`` between voxels k-1 and k): where tiles would show.
     window_edges: tuple[np.ndarray, ...] = ()
@@ -227,6 +235,9 @@ class Translator:
         if self._mapping.channels != expected:
             raise ModelError(f"model {card.name}: the card's CT mapping makes {self._mapping.channels} input "
                              f"channel(s) but the network takes {expected}; the card is inconsistent")
+        self.calibration = UncertaintyCalibration.from_card(card.uncertainty, settings)
+        if settings.samples >= 2:
+            self.calibration.log_mismatch(card.name, card.version, settings)
         log.info("model %s %s (%s) on %s", card.name, card.version, card.architecture, self._device)
 
     @staticmethod
@@ -252,14 +263,15 @@ class Translator:
         steps = settings.steps if settings.steps is not None else default
         if steps < 1:
             raise ModelError(f"steps must be at least 1, got {steps}")
-        if sampler == "refine" and settings.samples >= 2:
+        if sampler == "refine" and settings.samples > len(FLIPS):
             if settings.steps is None:
                 steps = max(steps, MIN_REFINE_STEPS_FOR_SAMPLES)
             elif steps < MIN_REFINE_STEPS_FOR_SAMPLES:
                 raise ModelError(
                     f"steps {steps} with samples {settings.samples}: a refine model's single evaluation is its "
-                    "deterministic estimate, so every sample would be the same; use steps >= 2 (or leave steps "
-                    "to the model card, which then uses 2) or samples 1")
+                    f"deterministic estimate and there are only {len(FLIPS)} test-time flips, so samples "
+                    f"{len(FLIPS) + 1} and on would repeat earlier ones; use steps >= 2 (or leave steps to the "
+                    f"model card, which then uses 2) or samples <= {len(FLIPS)}")
         return dataclasses.replace(settings, sampler=sampler, steps=steps, t0=t0)
 
     @property
@@ -306,12 +318,13 @@ class Translator:
         uncertainty = None
         if samples.shape[0] >= 2:
             uncertainty = sample_deviation(samples[:, 0].numpy(), box, raw, mask_model, ct_hu.shape, mask)
+            uncertainty = self.calibration.apply(uncertainty, mask)
         seconds = time.perf_counter() - start
         log.info("translated a %s volume (model grid %s) in %.1f s, %d network evaluations",
                  ct_hu.shape, grid, seconds, counter.count)
         return TranslationResult(mr, center, width, self.model_info, self.settings, self.device, counter.count,
                                  seconds, precision=self.precision, uncertainty=uncertainty,
-                                 window_edges=self._edges_on_ct_grid(box, grid, ct_hu.shape))
+                                 calibration=self.calibration, window_edges=self._edges_on_ct_grid(box, grid, ct_hu.shape))
 
     def _edges_on_ct_grid(self, box: tuple[slice, ...], grid: tuple[int, ...],
                           shape: tuple[int, ...]) -> tuple[np.ndarray, ...]:
@@ -361,14 +374,42 @@ class Translator:
 
     def _run(self, ct: torch.Tensor, spec: WindowSpec, counter: EvalCounter,
              progress: Callable[[int, int], None] | None) -> torch.Tensor:
-        """The sampler the settings name, on ``ct`` (1, C, z, y, x) on the model grid."""
+        """The sampler the settings name, on ``ct`` (1, C, z, y, x) on the model grid.
+
+        Samples are grouped by their flip (:func:`.uncertainty.sample_flips`): each group runs on
+        the CT flipped along its axes (a refine model's estimate once per group) and its samples are
+        flipped back; the result is in sample order. The unflipped group is exactly the former
+        computation, so one sample is unchanged."""
         seeds = sample_seeds(self.settings.seed, self.settings.samples)
         batch = self._samples_per_batch(int(ct.numel()))
         if self._plan is None:
             return predict_regression(self._network, ct, spec, counter, progress)
-        if isinstance(self._plan, RefinePlan):
-            return refine_samples(self._network, ct, self._plan, spec, seeds, counter, progress, batch)
-        return diffusion_samples(self._network, ct, self._plan, spec, seeds, counter, progress, batch)
+        flips = sample_flips(len(seeds))
+        groups = list(dict.fromkeys(flips))
+        out: list[torch.Tensor | None] = [None] * len(seeds)
+        for group, flip in enumerate(groups):
+            index = [i for i, f in enumerate(flips) if f == flip]
+            dims = [axis + 2 for axis in flip]
+            flipped = torch.flip(ct, dims) if dims else ct
+            step = progress if progress is None or len(groups) == 1 else _group_progress(progress, group, len(groups))
+            group_seeds = [seeds[i] for i in index]
+            if isinstance(self._plan, RefinePlan):
+                got = refine_samples(self._network, flipped, self._plan, spec, group_seeds, counter, step, batch)
+            else:
+                got = diffusion_samples(self._network, flipped, self._plan, spec, group_seeds, counter, step, batch)
+            if dims:
+                got = torch.flip(got, dims)
+            for j, i in enumerate(index):
+                out[i] = got[j % got.shape[0]:j % got.shape[0] + 1]
+        return torch.cat([o for o in out if o is not None])
+
+
+def _group_progress(progress: Callable[[int, int], None], group: int,
+                    groups: int) -> Callable[[int, int], None]:
+    """``progress`` of one flip group, reported as a share of all groups (scaled to 1000 steps)."""
+    def report(done: int, total: int) -> None:
+        progress(int(1000 * (group + done / max(total, 1)) / groups), 1000)
+    return report
 
 
 def sample_deviation(samples: np.ndarray, box: tuple[slice, ...], mean: np.ndarray, mask_model: np.ndarray,

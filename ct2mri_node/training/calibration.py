@@ -94,6 +94,13 @@ def case_numbers(truth: np.ndarray, mean: np.ndarray, sd: np.ndarray, mask: np.n
     (:func:`~ct2mri_node.training.metrics.normalise`); the SD is divided by the mean's P99 - P1,
     the same linear scale, so error and SD share units.
     """
+    return calibration_numbers(*error_and_spread(truth, mean, sd, mask), rng)
+
+
+def error_and_spread(truth: np.ndarray, mean: np.ndarray, sd: np.ndarray,
+                     mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """|error| and SD over the body voxels of one volume, in the evaluation's normalised units
+    (see :func:`case_numbers`)."""
     from .metrics import NORMALISE_PERCENTILES, normalise
 
     mask = np.asarray(mask, dtype=bool)
@@ -101,7 +108,7 @@ def case_numbers(truth: np.ndarray, mean: np.ndarray, sd: np.ndarray, mask: np.n
     scale = float(high - low) if high > low else 1.0
     error = np.abs(normalise(mean, mask) - normalise(truth, mask))[mask]
     spread = (np.asarray(sd, dtype=np.float64) / scale)[mask]
-    return calibration_numbers(error, spread, rng)
+    return error, spread
 
 
 def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -113,3 +120,37 @@ def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
     out["within_2sd_min"] = float(min(r["within_2sd"] for r in rows))
     out["within_2sd_max"] = float(max(r["within_2sd"] for r in rows))
     return out
+
+
+def conformal_scale(cases: list[tuple[np.ndarray, np.ndarray]], target: float, band: float = 2.0) -> float:
+    """The split-conformal scale ``k``: the smallest ``k`` with which mean +- ``band`` * k * SD
+    covers ``target`` of the body voxels, each case weighing the same (the mean over cases of each
+    case's covered share is at least ``target``), so one large case's voxels do not decide it.
+
+    ``cases`` holds each calibration case's (|error|, SD) over its body voxels, in the same units.
+    The score is |error| / SD (a zero SD scores 0 where the error is 0 too, else infinity). The
+    level is raised to the finite-sample conformal level ``ceil((n + 1) target) / n`` with ``n``
+    the smallest case's voxel count (the exchangeable unit is a voxel; with 10^5 voxels a case the
+    correction is negligible). ValueError when no finite ``k`` reaches the level (too many voxels
+    with an error but no spread).
+    """
+    if not 0 < target < 1 or band <= 0:
+        raise ValueError(f"target must be in (0, 1) and band positive, got {target}, {band}")
+    if not cases or any(np.asarray(e).size == 0 for e, _ in cases):
+        raise ValueError("conformal_scale needs at least one case with voxels")
+    n = min(np.asarray(e).size for e, _ in cases)
+    level = min(1.0, math.ceil((n + 1) * target) / n)
+    scores, weights = [], []
+    for error, spread in cases:
+        error, spread = np.abs(np.asarray(error, dtype=np.float64)), np.asarray(spread, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            score = np.where(spread > 0, error / spread, np.where(error > 0, np.inf, 0.0))
+        scores.append(score)
+        weights.append(np.full(score.size, 1.0 / (score.size * len(cases))))
+    score, weight = np.concatenate(scores), np.concatenate(weights)
+    order = np.argsort(score, kind="stable")
+    cumulative = np.cumsum(weight[order])
+    at = int(np.searchsorted(cumulative, level - 1e-12))
+    if at >= score.size or not np.isfinite(score[order[at]]):
+        raise ValueError(f"no finite scale covers {level:.3f} of the voxels: too many have an error but zero SD")
+    return float(score[order[at]] / band)

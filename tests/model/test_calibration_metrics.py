@@ -10,6 +10,7 @@ import pytest
 from ct2mri_node.training.calibration import (
     calibration_numbers,
     case_numbers,
+    conformal_scale,
     coverage,
     spearman,
     summarise,
@@ -101,3 +102,28 @@ def test_top_share_refuses_arrays_that_do_not_match() -> None:
         top_share(np.ones((10, 2)), np.ones((10, 2)))
     with pytest.raises(ValueError, match="fraction"):
         top_share(np.ones(10), np.ones(10), fraction=0.0)
+
+
+def test_conformal_scale_makes_the_band_cover_the_target_with_equal_weight_per_case() -> None:
+    rng = np.random.default_rng(4)
+    # an SD 3x too small for a Gaussian error: k must be about 3 for +-2 SD to cover 95 %
+    sd = rng.uniform(0.5, 1.5, N)
+    error = np.abs(rng.normal(0.0, 3.0 * sd))
+    k = conformal_scale([(error, sd)], 0.95)
+    assert k == pytest.approx(3.0, rel=0.03)
+    assert coverage(error, k * sd, 2.0) == pytest.approx(0.95, abs=2e-3)
+    # two cases, a big one that needs k 1 and a small one (a tenth of the voxels) that needs k 5:
+    # each case weighs the same, so the mean of the per-case coverages is the target (not the
+    # pooled voxel share, which the big case alone would decide)
+    big_sd, small_sd = rng.uniform(0.5, 1.5, N), rng.uniform(0.5, 1.5, N // 10)
+    big = (np.abs(rng.normal(0.0, big_sd)), big_sd)
+    small = (np.abs(rng.normal(0.0, 5.0 * small_sd)), small_sd)
+    k = conformal_scale([big, small], 0.8)
+    mean_cover = np.mean([coverage(e, k * s, 2.0) for e, s in (big, small)])
+    assert mean_cover == pytest.approx(0.8, abs=2e-3)
+    pooled = np.mean(np.concatenate([e <= 2.0 * k * s for e, s in (big, small)]))
+    assert pooled > 0.85
+    # a zero SD with an error cannot be covered by any k; with no error it is covered
+    with pytest.raises(ValueError, match="no finite scale"):
+        conformal_scale([(np.ones(100), np.zeros(100))], 0.9)
+    assert conformal_scale([(np.zeros(100), np.zeros(100))], 0.9) == 0.0

@@ -161,3 +161,24 @@ def test_refine_objective_mixes_estimate_and_refinement_patches() -> None:
     assert float(loss) < 1e-3
     refine_only = Objective("enhanced", scheduler_config(), sampling_config("refine", t0=300, estimate_fraction=0.0))
     assert float(refine_only.loss(ConditionalV(), ct, mr, torch.Generator().manual_seed(0))) > 1e-3
+
+
+def test_test_time_flips_run_each_sample_on_its_flip_and_undo_it(tiny_checkpoints: dict[str, Path]) -> None:
+    """Sample i of N is the one-sample translation of the CT flipped along FLIPS[i], flipped back;
+    the first is the plain translation (so samples=1 is unchanged), and the flips make a refine
+    model's single-evaluation samples differ (the spread then holds their disagreement)."""
+    from ct2mri_node.model.uncertainty import FLIPS
+
+    ckpt = tiny_checkpoints["enhanced"]
+    ct = torch.from_numpy(np.random.default_rng(2).uniform(-1, 1, (1, 4, 10, 14, 18)).astype(np.float32))
+    many = Translator(ckpt, TranslationSettings(steps=1, samples=4, device="cpu"))
+    one = Translator(ckpt, TranslationSettings(steps=1, samples=1, device="cpu"))
+    spec = WindowSpec(many._ckpt.card.patch_size, 0.5, 2)
+    samples = many._run(ct, spec, EvalCounter(), None)
+    assert samples.shape == (4, 1, 10, 14, 18)
+    for i, flip in enumerate(FLIPS):
+        dims = [axis + 2 for axis in flip]
+        alone = one._run(torch.flip(ct, dims) if dims else ct, spec, EvalCounter(), None)
+        assert torch.equal(samples[i:i + 1], torch.flip(alone, dims) if dims else alone), flip
+        if i:
+            assert not torch.equal(samples[i], samples[0]), flip

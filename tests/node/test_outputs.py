@@ -198,14 +198,16 @@ def test_map_is_zero_where_samples_agree_and_positive_where_they_differ(tiny_che
     assert (sd[soft] > 0.0).mean() > 0.5 and float(sd[soft].mean()) > 1.0   # MR grey levels
 
 
-def test_one_sample_has_no_map_and_refine_needs_two_evaluations(tiny_checkpoint: Path) -> None:
+def test_one_sample_has_no_map_and_refine_needs_two_evaluations_beyond_the_flips(tiny_checkpoint: Path) -> None:
     hu = np.where(np.hypot(*np.mgrid[0:8, 0:24, 0:24][1:] - 12.0) < 9, 40.0, -1000.0).astype(np.float32)
     one = Translator(tiny_checkpoint, TranslationSettings(samples=1, device="cpu"))
     assert one.settings.steps == 1 and one.translate(hu, (4.0, 4.0, 4.0)).uncertainty is None
-    # card default (1 evaluation: the deterministic estimate) would make equal samples: 2 are used
-    assert Translator(tiny_checkpoint, TranslationSettings(samples=2, device="cpu")).settings.steps == 2
-    with pytest.raises(ModelError, match="steps 1 with samples 2.*every sample would be the same"):
-        Translator(tiny_checkpoint, TranslationSettings(steps=1, samples=2, device="cpu"))
+    # up to 4 samples the test-time flips make the deterministic estimates differ: the card's 1 evaluation
+    assert Translator(tiny_checkpoint, TranslationSettings(samples=4, device="cpu")).settings.steps == 1
+    # a 5th sample would repeat the first flip's estimate: 2 evaluations are used, an explicit 1 refused
+    assert Translator(tiny_checkpoint, TranslationSettings(samples=5, device="cpu")).settings.steps == 2
+    with pytest.raises(ModelError, match="steps 1 with samples 5.*would repeat earlier ones"):
+        Translator(tiny_checkpoint, TranslationSettings(steps=1, samples=5, device="cpu"))
 
 
 def test_uncertainty_map_without_samples_is_a_config_error(tmp_path: Path) -> None:
