@@ -31,10 +31,10 @@ COVERAGE_2SD = (0.80, 0.99)
 CASES_RUN = [("small_head", 7201)]
 #: Cases the bundled model misses a target on, with the numbers this test measured.
 KNOWN_GAPS: dict[tuple[str, int], str] = {
-    ("small_head", 7201): "Spearman 0.226 (bar 0.3), +-2 x map covers 0.905 (in range): two flips barely see "
+    ("small_head", 7201): "Spearman 0.209 (bar 0.3), +-2 x map covers 0.889 (in range): two flips barely see "
                           "where a small head's contrast is wrong",
 }
-CASES = [pytest.param(kind, seed, marks=pytest.mark.xfail(strict=True, reason=f"model 0.3.1: {KNOWN_GAPS[kind, seed]}"))
+CASES = [pytest.param(kind, seed, marks=pytest.mark.xfail(strict=True, reason=f"model 0.3.2: {KNOWN_GAPS[kind, seed]}"))
          if (kind, seed) in KNOWN_GAPS else pytest.param(kind, seed) for kind, seed in CASES_RUN]
 
 
