@@ -145,7 +145,7 @@ def format_rows(results: dict[str, Any]) -> str:
 
 def record_in_card(args: argparse.Namespace) -> int:
     """Write one checkpoint's evaluation summary (from ``evaluate``'s JSON) into its card.json."""
-    from ct2mri_node.model.checkpoint import CARD, read_card
+    from ct2mri_node.model.checkpoint import read_card, write_card
     from ct2mri_node.model.translator import TranslationSettings
 
     directory = Path(args.checkpoint)
@@ -163,7 +163,7 @@ def record_in_card(args: argparse.Namespace) -> int:
     evaluation["settings"] = ("the card's defaults (TranslationSettings(): its sampler and steps), seed 0, "
                               f"sliding-window overlap {TranslationSettings().overlap}")
     card.evaluation = evaluation
-    (directory / CARD).write_text(json.dumps(card.to_json(), indent=2) + "\n")
+    write_card(directory, card)
     print(json.dumps(evaluation, indent=2))
     return 0
 

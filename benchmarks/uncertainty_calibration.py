@@ -134,10 +134,14 @@ def calibrate(argv: list[str]) -> int:
 
     import torch
 
-    from ct2mri_node.model.checkpoint import CARD, resolve
+    from ct2mri_node.model.checkpoint import read_card, resolve, write_card
     from ct2mri_node.model.translator import TranslationSettings, Translator
     from ct2mri_node.model.uncertainty import BAND_SD, SOURCES, UncertaintyCalibration
-    from ct2mri_node.training.calibration import conformal_scale, coverage, error_and_spread
+    from ct2mri_node.training.calibration import (
+        conformal_scale,
+        coverage,
+        error_and_spread,
+    )
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -198,11 +202,10 @@ def calibrate(argv: list[str]) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(section, indent=2) + "\n")
     if args.write_card:
-        path = resolve(args.checkpoint) / CARD
-        data = json.loads(path.read_text())
-        data["uncertainty"] = section
-        path.write_text(json.dumps(data, indent=2) + "\n")
-        print(f"wrote the uncertainty section into {path}")
+        directory = resolve(args.checkpoint)
+        card = read_card(directory)
+        card.uncertainty = section
+        print(f"wrote the uncertainty section into {write_card(directory, card)}")
     return 0
 
 

@@ -135,11 +135,18 @@ def save_checkpoint(directory: str | os.PathLike[str], card: ModelCard, network:
     save_file(state, str(tmp_w), metadata={"model": f"{card.name} ({card.architecture})"})
     os.chmod(tmp_w, 0o644)
     os.replace(tmp_w, out / WEIGHTS)
-    tmp_c = out / (CARD + ".tmp")
-    tmp_c.write_text(json.dumps(card.to_json(), indent=2) + "\n")
-    os.replace(tmp_c, out / CARD)
+    write_card(out, card)
     log.info("saved checkpoint %s (%s)", out, card.architecture)
     return out
+
+
+def write_card(directory: Path, card: ModelCard) -> Path:
+    """Replace ``directory``'s ``card.json`` with ``card`` atomically (training, evaluation and
+    calibration records all go through here)."""
+    tmp = directory / (CARD + ".tmp")
+    tmp.write_text(json.dumps(card.to_json(), indent=2) + "\n")
+    os.replace(tmp, directory / CARD)
+    return directory / CARD
 
 
 def read_card(directory: Path) -> ModelCard:
