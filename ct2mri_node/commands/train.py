@@ -60,6 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                         help="autocast of the forward pass: auto (bf16 on a GPU that has it, else fp16 with a "
                         "gradient scaler; fp32 on the CPU; default), fp32, bf16 (GPU or CPU) or fp16 (GPU)")
+    parser.add_argument("--zoom", type=float, default=1.0,
+                        help="scale augmentation: each patch is cut at a scale from 1/ZOOM to ZOOM and resampled, "
+                             "so the network sees anatomy of other sizes (default 1: off; 1.5 for model 0.3.3)")
     parser.add_argument("--workers", type=int, default=2,
                         help="DataLoader processes that cut patches (0: in the training process; default 2)")
     parser.add_argument("--cache", type=Path,
@@ -90,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         val_every=args.val_every, name=args.name, method=args.method, t0=args.t0,
         estimate_fraction=args.estimate_fraction, ct_input=args.ct_input, norm=args.norm, mr_norm=args.mr_norm,
         levels=args.levels, device=args.device, max_minutes=args.max_minutes, weights_dtype=args.weights_dtype,
-        precision=args.precision, workers=args.workers, cache=args.cache,
+        precision=args.precision, workers=args.workers, cache=args.cache, zoom=args.zoom,
     )
     if args.threads:
         import torch

@@ -69,6 +69,9 @@ class TrainSettings:
     ema_decay: float = 0.999
     #: "cosine": the learning rate falls from ``lr`` to 5 % of it over ``iterations``; "constant".
     lr_schedule: str = "cosine"
+    #: Scale augmentation: each training patch is cut at a scale drawn log-uniformly from
+    #: [1/zoom, zoom] and resampled to ``patch`` (1.0: off), so anatomy of every size is seen.
+    zoom: float = 1.0
     sampling: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SAMPLING))
 
 
@@ -138,29 +141,47 @@ class PatchSampler:
 
     The batch of iteration i is drawn from its own generator, seeded by (seed, rank, i): a batch
     depends on neither the process that made it (DataLoader workers) nor where a run was resumed,
-    and every rank of a distributed run draws patches of its own."""
+    and every rank of a distributed run draws patches of its own.
 
-    def __init__(self, cases: Sequence[PreparedCase | PatchCase], patch: int, seed: int = 0, rank: int = 0) -> None:
+    With ``zoom`` > 1 each training patch is cut with side ``patch * s``, s log-uniform in
+    [1/zoom, zoom], and resampled (trilinear) to ``patch``: the network sees a head or a bladder
+    at sizes the training cases do not have (a child's head looks like an adult's at s < 1), as
+    the 2 mm grid keeps every case at its own size in mm. Validation batches are never zoomed."""
+
+    def __init__(self, cases: Sequence[PreparedCase | PatchCase], patch: int, seed: int = 0, rank: int = 0,
+                 zoom: float = 1.0) -> None:
         if not cases:
             raise DataError("no training cases: the data folder holds no usable case")
+        if not 1.0 <= zoom <= 4.0:
+            raise DataError(f"zoom must be between 1 (off) and 4, got {zoom}")
         self.cases: list[PatchCase] = [MemoryCase(c) if isinstance(c, PreparedCase) else c  # type: ignore[misc]
                                        for c in cases]
-        self.patch, self.seed, self.rank = patch, seed, rank
+        self.patch, self.seed, self.rank, self.zoom = patch, seed, rank, zoom
 
-    def _corner(self, rng: np.random.Generator, case: PatchCase) -> tuple[int, int, int]:
+    def _corner(self, rng: np.random.Generator, case: PatchCase, size: int) -> tuple[int, int, int]:
         if case.body_voxels and rng.random() < MASK_BIAS:
             centre = case.body_voxel(int(rng.integers(case.body_voxels)))
         else:
             centre = np.array([rng.integers(n) for n in case.shape])
-        return tuple(int(max(0, min(c - self.patch // 2, n - self.patch)))  # type: ignore[return-value]
+        return tuple(int(max(0, min(c - size // 2, n - size)))  # type: ignore[return-value]
                      for c, n in zip(centre, case.shape))
 
-    def batch(self, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ct, mr) patches: (size, C, P, P, P) and (size, 1, P, P, P) float32."""
+    def _side(self, rng: np.random.Generator) -> int:
+        """The side of the region a patch is cut from (``patch`` without zoom)."""
+        if self.zoom == 1.0:
+            return self.patch  # draws nothing: runs without zoom keep their batches
+        scale = math.exp(rng.uniform(-math.log(self.zoom), math.log(self.zoom)))
+        return max(2, int(round(self.patch * scale)))
+
+    def batch(self, rng: np.random.Generator, size: int, augment: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ct, mr) patches: (size, C, P, P, P) and (size, 1, P, P, P) float32 (zoomed if ``augment``)."""
         cts, mrs = [], []
         for _ in range(size):
             case = self.cases[int(rng.integers(len(self.cases)))]
-            ct, mr = case.read(self._corner(rng, case), self.patch)
+            side = self._side(rng) if augment else self.patch
+            ct, mr = case.read(self._corner(rng, case, side), side)
+            if side != self.patch:
+                ct, mr = resample_patch(ct, mr, self.patch)
             cts.append(ct)
             mrs.append(mr)
         return torch.from_numpy(np.stack(cts)), torch.from_numpy(np.stack(mrs)[:, None].copy())
@@ -168,6 +189,14 @@ class PatchSampler:
     def batch_at(self, iteration: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch of ``iteration`` for this rank."""
         return self.batch(np.random.default_rng([self.seed, self.rank, iteration]), size)
+
+
+def resample_patch(ct: np.ndarray, mr: np.ndarray, patch: int) -> tuple[np.ndarray, np.ndarray]:
+    """CT channels (C, s, s, s) and MR (s, s, s) resampled to side ``patch``, trilinear over cell
+    centres (``align_corners=False``): the same field of view, seen at another voxel size."""
+    both = torch.from_numpy(np.concatenate([ct, mr[None]], axis=0)[None].astype(np.float32, copy=False))
+    out = F.interpolate(both, size=(patch,) * 3, mode="trilinear", align_corners=False)[0].numpy()
+    return np.ascontiguousarray(out[:-1]), np.ascontiguousarray(out[-1])
 
 
 class PatchStream(IterableDataset):  # type: ignore[type-arg]
@@ -365,12 +394,12 @@ def train(cases: Sequence[PreparedCase | PatchCase], settings: TrainSettings, ru
     ema = copy.deepcopy(network).requires_grad_(False) if settings.ema_decay > 0 else None
     opt = torch.optim.AdamW(network.parameters(), lr=settings.lr, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(distributed.rank_seed(settings.seed, rank))
-    sampler = PatchSampler(cases, settings.patch, settings.seed, rank)
+    sampler = PatchSampler(cases, settings.patch, settings.seed, rank, settings.zoom)
     objective = Objective(settings.arch, settings.scheduler, settings.sampling)
     val_batches = []
     if rank == 0:
         val_rng = np.random.default_rng(settings.seed + 1)
-        val_batches = [sampler.batch(val_rng, settings.batch_size) for _ in range(4)]
+        val_batches = [sampler.batch(val_rng, settings.batch_size, augment=False) for _ in range(4)]
     scaler = torch.amp.GradScaler("cuda") if autocast == torch.float16 else None
     iteration, val_losses, loss_value = 0, [], math.nan
     # rank 0 alone reads the state (as it alone writes it) and hands it to the others

@@ -64,6 +64,7 @@ class TrainRequest:
     max_minutes: float | None = None   # stop early (state saved, checkpoint written) after this long
     weights_dtype: str = "float32"     # how the checkpoint stores its weights: float32 or float16
     precision: str = "auto"     # auto (bf16/fp16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    zoom: float = 1.0           # scale augmentation: patches cut at 1/zoom..zoom and resampled (1: off)
     workers: int = 2            # DataLoader processes making patches (0: in the training process)
     cache: Path | None = None   # grid cache folder (default <out>/grid-cache)
     name: str | None = None
@@ -107,6 +108,8 @@ def validate(request: TrainRequest) -> None:
         raise ConfigError(f"--precision must be auto, fp32, bf16 or fp16, got {request.precision!r}")
     if request.workers < 0:
         raise ConfigError("--workers must not be negative")
+    if not 1.0 <= request.zoom <= 4.0:
+        raise ConfigError(f"--zoom must be between 1 (off) and 4, got {request.zoom}")
 
 
 def sampling(request: TrainRequest) -> dict[str, object]:
@@ -231,7 +234,7 @@ def run_training(request: TrainRequest, cases: Sequence[PreparedCase] | None = N
             arch=request.arch, network=network(request),
             scheduler=scheduler_config(), iterations=request.iterations, batch_size=request.batch_size,
             patch=request.patch, lr=request.lr, seed=request.seed, val_every=request.val_every,
-            sampling=sampling(request),
+            sampling=sampling(request), zoom=request.zoom,
         )
         max_seconds = None if request.max_minutes is None else request.max_minutes * 60.0
         outcome = train(data, settings, request.out, on_step, device, max_seconds, request.precision, request.workers)
