@@ -62,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         "gradient scaler; fp32 on the CPU; default), fp32, bf16 (GPU or CPU) or fp16 (GPU)")
     parser.add_argument("--zoom", type=float, default=1.0,
                         help="scale augmentation: each patch is cut at a scale from 1/ZOOM to ZOOM and resampled, "
-                             "so the network sees anatomy of other sizes (default 1: off; 1.5 for model 0.3.3)")
+                             "so the network sees anatomy of other sizes (default 1: off; at most 4)")
     parser.add_argument("--workers", type=int, default=2,
                         help="DataLoader processes that cut patches (0: in the training process; default 2)")
     parser.add_argument("--cache", type=Path,

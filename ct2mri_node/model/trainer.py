@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "last.pt"
 MASK_BIAS = 0.9  # probability that a patch is centred on a body voxel
+MAX_ZOOM = 4.0  # largest scale augmentation factor (train --zoom)
 
 
 @dataclass
@@ -152,8 +153,8 @@ class PatchSampler:
                  zoom: float = 1.0) -> None:
         if not cases:
             raise DataError("no training cases: the data folder holds no usable case")
-        if not 1.0 <= zoom <= 4.0:
-            raise DataError(f"zoom must be between 1 (off) and 4, got {zoom}")
+        if not 1.0 <= zoom <= MAX_ZOOM:
+            raise DataError(f"zoom must be between 1 (off) and {MAX_ZOOM:g}, got {zoom}")
         self.cases: list[PatchCase] = [MemoryCase(c) if isinstance(c, PreparedCase) else c  # type: ignore[misc]
                                        for c in cases]
         self.patch, self.seed, self.rank, self.zoom = patch, seed, rank, zoom

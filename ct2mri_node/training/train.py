@@ -22,7 +22,7 @@ from ..model import pre_post
 from ..model.checkpoint import ModelCard, save_checkpoint
 from ..model.diffusion import sampling_config, scheduler_config
 from ..model.networks import ARCHITECTURES, matched_base_channels, network_config, patch_multiple
-from ..model.trainer import PreparedCase, TrainOutcome, TrainSettings, train
+from ..model.trainer import MAX_ZOOM, PreparedCase, TrainOutcome, TrainSettings, train
 from . import grid_cache
 from . import prepared as prep
 
@@ -108,8 +108,8 @@ def validate(request: TrainRequest) -> None:
         raise ConfigError(f"--precision must be auto, fp32, bf16 or fp16, got {request.precision!r}")
     if request.workers < 0:
         raise ConfigError("--workers must not be negative")
-    if not 1.0 <= request.zoom <= 4.0:
-        raise ConfigError(f"--zoom must be between 1 (off) and 4, got {request.zoom}")
+    if not 1.0 <= request.zoom <= MAX_ZOOM:
+        raise ConfigError(f"--zoom must be between 1 (off) and {MAX_ZOOM:g}, got {request.zoom}")
 
 
 def sampling(request: TrainRequest) -> dict[str, object]:
