@@ -63,6 +63,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--zoom", type=float, default=1.0,
                         help="scale augmentation: each patch is cut at a scale from 1/ZOOM to ZOOM and resampled, "
                              "so the network sees anatomy of other sizes (default 1: off; at most 4)")
+    parser.add_argument("--init", metavar="CHECKPOINT",
+                        help="fine-tune: start the weights from a trained checkpoint ('bundled' or a folder) of the "
+                             "same network and mappings, with a fresh optimiser and learning-rate schedule; ignored "
+                             "when --out holds a run state (it resumes)")
     parser.add_argument("--workers", type=int, default=2,
                         help="DataLoader processes that cut patches (0: in the training process; default 2)")
     parser.add_argument("--cache", type=Path,
@@ -93,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         val_every=args.val_every, name=args.name, method=args.method, t0=args.t0,
         estimate_fraction=args.estimate_fraction, ct_input=args.ct_input, norm=args.norm, mr_norm=args.mr_norm,
         levels=args.levels, device=args.device, max_minutes=args.max_minutes, weights_dtype=args.weights_dtype,
-        precision=args.precision, workers=args.workers, cache=args.cache, zoom=args.zoom,
+        precision=args.precision, workers=args.workers, cache=args.cache, zoom=args.zoom, init=args.init,
     )
     if args.threads:
         import torch

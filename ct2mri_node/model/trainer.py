@@ -325,6 +325,17 @@ def _load_state(path: Path, settings: TrainSettings) -> dict[str, Any] | None:
     return state
 
 
+def _load_initial(network: nn.Module, init: Mapping[str, torch.Tensor]) -> None:
+    """Load initial weights (any float dtype) into ``network``; CheckpointError if they do not fit it."""
+    own = network.state_dict()
+    state = {k: (v.to(own[k].dtype) if k in own and v.is_floating_point() else v) for k, v in init.items()}
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "mismatch"
+        raise CheckpointError(f"the initial weights do not fit this run's network ({first})") from exc
+
+
 def _validate(network: nn.Module, objective: Objective, batches: list[tuple[torch.Tensor, torch.Tensor]],
               seed: int, device: torch.device, autocast: torch.dtype | None) -> float:
     gen = torch.Generator().manual_seed(seed)
@@ -373,8 +384,12 @@ def resolve_precision(device: str, precision: str = "auto") -> tuple[torch.devic
 
 def train(cases: Sequence[PreparedCase | PatchCase], settings: TrainSettings, run_dir: Path,
           on_step: Callable[[int, float], None] | None = None, device: str = "cpu",
-          max_seconds: float | None = None, precision: str = "auto", workers: int = 0) -> TrainOutcome:
+          max_seconds: float | None = None, precision: str = "auto", workers: int = 0,
+          init: Mapping[str, torch.Tensor] | None = None) -> TrainOutcome:
     """Train (or resume) for ``settings.iterations`` iterations on ``device``; state saved in ``run_dir``.
+
+    ``init`` (a state dict of the same network) starts a new run's weights and their average
+    from trained ones (fine-tuning); a run that resumes from its saved state ignores it.
 
     ``max_seconds`` ends the run early, state saved, once that much time has passed (a lease on a
     GPU host runs out); the outcome says how far it got and the same command resumes. Patches
@@ -419,6 +434,13 @@ def train(cases: Sequence[PreparedCase | PatchCase], settings: TrainSettings, ru
             scaler.load_state_dict(state["scaler"])
         log.info("resuming %s training at iteration %d (saved by %d process(es), now %d)", settings.arch,
                  iteration, int(state.get("world_size", 1)), world)
+        if init is not None:
+            log.info("the run state holds its own weights: the initial weights given are not used")
+    elif init is not None:
+        _load_initial(network, init)
+        if ema is not None:
+            ema.load_state_dict(network.state_dict())
+        log.info("starting %s training from the given weights (fresh optimiser and schedule)", settings.arch)
     resumed_from = iteration
     model: nn.Module = network
     if world > 1:

@@ -9,20 +9,21 @@ and, at the end, the checkpoint (``model.safetensors`` + ``card.json``) into the
 
 from __future__ import annotations
 
+import json
 import logging
 import shlex
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..model import pre_post
-from ..model.checkpoint import ModelCard, save_checkpoint
+from ..model.checkpoint import ModelCard, load_checkpoint, save_checkpoint
 from ..model.diffusion import sampling_config, scheduler_config
 from ..model.networks import ARCHITECTURES, matched_base_channels, network_config, patch_multiple
-from ..model.trainer import MAX_ZOOM, PreparedCase, TrainOutcome, TrainSettings, train
+from ..model.trainer import MAX_ZOOM, STATE_FILE, PreparedCase, TrainOutcome, TrainSettings, train
 from . import grid_cache
 from . import prepared as prep
 
@@ -67,6 +68,7 @@ class TrainRequest:
     zoom: float = 1.0           # scale augmentation: patches cut at 1/zoom..zoom and resampled (1: off)
     workers: int = 2            # DataLoader processes making patches (0: in the training process)
     cache: Path | None = None   # grid cache folder (default <out>/grid-cache)
+    init: str | None = None     # start from a trained checkpoint's weights ("bundled" or a folder); fine-tuning
     name: str | None = None
     description: str = DEMO_DESCRIPTION
     command: str = field(default_factory=lambda: shlex.join(["ct2mri-node", *sys.argv[1:]]))
@@ -182,9 +184,62 @@ def _data_summary(data: Path, n_cases: int) -> str:
         return f"{n_cases} paired CT/MR cases"
 
 
+def initial_weights(request: TrainRequest, settings: TrainSettings,
+                    ct_mapping: pre_post.IntensityMapping) -> tuple[dict[str, Any], str]:
+    """The weights ``--init`` names and a line saying whose they are (for the card).
+
+    The checkpoint must be the network this run trains, on the same input and target mapping:
+    ConfigError says which of them differs."""
+    try:
+        checkpoint = load_checkpoint(request.init or "bundled")
+    except CheckpointError as exc:
+        raise ConfigError(f"--init {request.init}: {exc}") from exc
+    card = checkpoint.card
+    wanted = {"architecture": request.arch, "network": settings.network, "sampling": settings.sampling,
+              "intensity": ct_mapping.to_card(request.mr_norm), "spacing": [request.spacing_mm] * 3}
+    # the card's sampling may carry notes added after training (evaluation): compare the run's keys
+    found = {"architecture": card.architecture, "network": card.network,
+             "sampling": {key: card.sampling.get(key) for key in settings.sampling},
+             "intensity": card.intensity, "spacing": [float(v) for v in card.spacing_mm]}
+    differ = [key for key in wanted if _plain(wanted[key]) != _plain(found[key])]
+    if differ:
+        raise ConfigError(f"--init {request.init}: its {', '.join(differ)} differ(s) from this run's; "
+                          "give the options the checkpoint was trained with (its card.json lists them)")
+    origin = f"{card.name} {card.version} (weights sha256 {checkpoint.weight_hash[:16]})"
+    return dict(checkpoint.network.state_dict()), origin
+
+
+INIT_RECORD = "init.json"
+
+
+def starting_weights(request: TrainRequest, settings: TrainSettings,
+                     ct_mapping: pre_post.IntensityMapping) -> tuple[dict[str, Any] | None, str | None]:
+    """``--init``'s weights for a new run, and the origin line for the card. A run that resumes
+    keeps its own state (no weights) and the origin recorded when it started (``init.json``),
+    whatever ``--init`` names now."""
+    record = request.out / INIT_RECORD
+    if (request.out / STATE_FILE).is_file():
+        return None, json.loads(record.read_text())["origin"] if record.is_file() else None
+    if not request.init:
+        return None, None
+    from ..model import distributed
+
+    weights, origin = initial_weights(request, settings, ct_mapping)
+    if distributed.rank() == 0:
+        request.out.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"init": request.init, "origin": origin}) + "\n")
+    return weights, origin
+
+
+def _plain(value: object) -> object:
+    """JSON round trip, so that tuples and lists (card vs settings) compare equal."""
+    return json.loads(json.dumps(value))
+
+
 def make_card(request: TrainRequest, settings: TrainSettings, outcome: TrainOutcome, n_cases: int,
-              ct_mapping: pre_post.IntensityMapping) -> ModelCard:
+              ct_mapping: pre_post.IntensityMapping, origin: str | None = None) -> ModelCard:
     """The model card for a finished run (with the CT mapping the cases were prepared with)."""
+    command = request.command if origin is None else f"{request.command} (initialised from {origin})"
     return ModelCard(
         name=request.name or f"ct2mri-{request.arch}-demo",
         version=VERSION,
@@ -196,7 +251,7 @@ def make_card(request: TrainRequest, settings: TrainSettings, outcome: TrainOutc
         intensity=ct_mapping.to_card(request.mr_norm),
         description=request.description,
         training_data=_data_summary(request.data, n_cases),
-        training_command=request.command,
+        training_command=command,
         seed=request.seed,
         iterations=outcome.iterations,
         evaluation={"validation_loss": outcome.val_losses[-1][1]} if outcome.val_losses else {},
@@ -219,6 +274,13 @@ def run_training(request: TrainRequest, cases: Sequence[PreparedCase] | None = N
     ct_mapping = mapping(request)
     try:
         device = distributed.start(request.device)
+        settings = TrainSettings(
+            arch=request.arch, network=network(request),
+            scheduler=scheduler_config(), iterations=request.iterations, batch_size=request.batch_size,
+            patch=request.patch, lr=request.lr, seed=request.seed, val_every=request.val_every,
+            sampling=sampling(request), zoom=request.zoom,
+        )
+        init, origin = starting_weights(request, settings, ct_mapping)
         first_here = distributed.local_rank() == 0
         data: Sequence[PreparedCase | grid_cache.CachedCase]
         if cases is None:
@@ -230,17 +292,12 @@ def run_training(request: TrainRequest, cases: Sequence[PreparedCase] | None = N
                 data = grid_cache.cached_cases(request.data, request.spacing_mm, cache, ct_mapping, request.mr_norm)
         else:
             data = cases
-        settings = TrainSettings(
-            arch=request.arch, network=network(request),
-            scheduler=scheduler_config(), iterations=request.iterations, batch_size=request.batch_size,
-            patch=request.patch, lr=request.lr, seed=request.seed, val_every=request.val_every,
-            sampling=sampling(request), zoom=request.zoom,
-        )
         max_seconds = None if request.max_minutes is None else request.max_minutes * 60.0
-        outcome = train(data, settings, request.out, on_step, device, max_seconds, request.precision, request.workers)
+        outcome = train(data, settings, request.out, on_step, device, max_seconds, request.precision, request.workers,
+                        init)
         if outcome.rank != 0:
             return request.out, outcome
-        card = make_card(request, settings, outcome, len(data), ct_mapping)
+        card = make_card(request, settings, outcome, len(data), ct_mapping, origin)
         return save_checkpoint(request.out, card, outcome.network), outcome
     finally:
         distributed.stop()

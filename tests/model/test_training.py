@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -139,3 +140,34 @@ def test_train_command_runs_and_resumes(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "ckpt" / "card.json").read_text())["iterations"] == 3
     bad = subprocess.run([*cmd, "--patch", "12"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--patch must be a positive multiple of 8" in bad.stderr
+
+
+def test_init_starts_from_a_checkpoint_and_records_it(tmp_path: Path) -> None:
+    """`train --init DIR`: a new run starts from DIR's weights (fine-tuning), says so in its card,
+    and a resumed run keeps its own state."""
+    base, _ = run_training(request(tmp_path / "base", "enhanced", 3), tiny_cases())
+    origin = load_checkpoint(base).network.state_dict()
+    still = replace(request(tmp_path / "tuned", "enhanced", 1), lr=1e-12, init=str(base))
+    tuned, _ = run_training(still, tiny_cases())
+    weights = load_checkpoint(tuned).network.state_dict()
+    floats = [k for k, v in origin.items() if v.is_floating_point() and "running" not in k]
+    assert all(torch.allclose(weights[k], origin[k], atol=1e-6) for k in floats)
+    card = json.loads((tuned / "card.json").read_text())
+    assert card["training_command"].startswith("test (initialised from ct2mri-enhanced-demo")
+    fresh, _ = run_training(replace(still, out=tmp_path / "fresh" / "run", init=None), tiny_cases())
+    assert not all(torch.allclose(load_checkpoint(fresh).network.state_dict()[k], origin[k]) for k in floats)
+    # resuming: the saved state wins over --init
+    path, resumed = run_training(replace(still, iterations=2, init=str(fresh)), tiny_cases())
+    assert resumed.resumed_from == 1
+    assert json.loads((path / "card.json").read_text())["training_command"] == card["training_command"]
+
+
+def test_init_with_another_network_is_a_config_error(tmp_path: Path) -> None:
+    base, _ = run_training(request(tmp_path / "base", "enhanced", 1), tiny_cases())
+    with pytest.raises(ConfigError, match="network"):
+        run_training(replace(request(tmp_path / "wide", "enhanced", 1), base_channels=4, init=str(base)), tiny_cases())
+    with pytest.raises(ConfigError, match="architecture"):
+        run_training(replace(request(tmp_path / "unet", "unet", 1), init=str(base)), tiny_cases())
+    with pytest.raises(ConfigError, match="no model.safetensors"):
+        run_training(replace(request(tmp_path / "none", "enhanced", 1), init=str(tmp_path / "missing")), tiny_cases())
+    assert not (tmp_path / "wide" / "run" / STATE_FILE).exists()
