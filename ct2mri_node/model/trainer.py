@@ -326,11 +326,9 @@ def _load_state(path: Path, settings: TrainSettings) -> dict[str, Any] | None:
 
 
 def _load_initial(network: nn.Module, init: Mapping[str, torch.Tensor]) -> None:
-    """Load initial weights (any float dtype) into ``network``; CheckpointError if they do not fit it."""
-    own = network.state_dict()
-    state = {k: (v.to(own[k].dtype) if k in own and v.is_floating_point() else v) for k, v in init.items()}
+    """Load initial weights into ``network``; CheckpointError if they do not fit it."""
     try:
-        network.load_state_dict(state, strict=True)
+        network.load_state_dict(init, strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0] if str(exc) else "mismatch"
         raise CheckpointError(f"the initial weights do not fit this run's network ({first})") from exc

@@ -184,16 +184,16 @@ def _data_summary(data: Path, n_cases: int) -> str:
         return f"{n_cases} paired CT/MR cases"
 
 
-def initial_weights(request: TrainRequest, settings: TrainSettings,
+def initial_weights(init: str, request: TrainRequest, settings: TrainSettings,
                     ct_mapping: pre_post.IntensityMapping) -> tuple[dict[str, Any], str]:
-    """The weights ``--init`` names and a line saying whose they are (for the card).
+    """The weights of checkpoint ``init`` and a line saying whose they are (for the card).
 
     The checkpoint must be the network this run trains, on the same input and target mapping:
     ConfigError says which of them differs."""
     try:
-        checkpoint = load_checkpoint(request.init or "bundled")
+        checkpoint = load_checkpoint(init)
     except CheckpointError as exc:
-        raise ConfigError(f"--init {request.init}: {exc}") from exc
+        raise ConfigError(f"--init {init}: {exc}") from exc
     card = checkpoint.card
     wanted = {"architecture": request.arch, "network": settings.network, "sampling": settings.sampling,
               "intensity": ct_mapping.to_card(request.mr_norm), "spacing": [request.spacing_mm] * 3}
@@ -203,7 +203,7 @@ def initial_weights(request: TrainRequest, settings: TrainSettings,
              "intensity": card.intensity, "spacing": [float(v) for v in card.spacing_mm]}
     differ = [key for key in wanted if _plain(wanted[key]) != _plain(found[key])]
     if differ:
-        raise ConfigError(f"--init {request.init}: its {', '.join(differ)} differ(s) from this run's; "
+        raise ConfigError(f"--init {init}: its {', '.join(differ)} differ(s) from this run's; "
                           "give the options the checkpoint was trained with (its card.json lists them)")
     origin = f"{card.name} {card.version} (weights sha256 {checkpoint.weight_hash[:16]})"
     return dict(checkpoint.network.state_dict()), origin
@@ -224,7 +224,7 @@ def starting_weights(request: TrainRequest, settings: TrainSettings,
         return None, None
     from ..model import distributed
 
-    weights, origin = initial_weights(request, settings, ct_mapping)
+    weights, origin = initial_weights(request.init, request, settings, ct_mapping)
     if distributed.rank() == 0:
         request.out.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps({"init": request.init, "origin": origin}) + "\n")
