@@ -63,6 +63,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--zoom", type=float, default=1.0,
                         help="scale augmentation: each patch is cut at a scale from 1/ZOOM to ZOOM and resampled, "
                              "so the network sees anatomy of other sizes (default 1: off; at most 4)")
+    parser.add_argument("--paste", type=float, default=0.0,
+                        help="structure paste: the share of patches (0-1) that get 2-6 small blobs (2-12 mm) of "
+                             "CT and MR moved from elsewhere in the same case, so small fluid, fat and bone "
+                             "structures are read from their CT, not their surroundings (default 0: off)")
     parser.add_argument("--init", metavar="CHECKPOINT",
                         help="fine-tune: start the weights from a trained checkpoint ('bundled' or a folder) of the "
                              "same network and mappings, with a fresh optimiser and learning-rate schedule; ignored "
@@ -97,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         val_every=args.val_every, name=args.name, method=args.method, t0=args.t0,
         estimate_fraction=args.estimate_fraction, ct_input=args.ct_input, norm=args.norm, mr_norm=args.mr_norm,
         levels=args.levels, device=args.device, max_minutes=args.max_minutes, weights_dtype=args.weights_dtype,
-        precision=args.precision, workers=args.workers, cache=args.cache, zoom=args.zoom, init=args.init,
+        precision=args.precision, workers=args.workers, cache=args.cache, zoom=args.zoom, paste=args.paste, init=args.init,
     )
     if args.threads:
         import torch

@@ -42,6 +42,11 @@ log = logging.getLogger(__name__)
 STATE_FILE = "last.pt"
 MASK_BIAS = 0.9  # probability that a patch is centred on a body voxel
 MAX_ZOOM = 4.0  # largest scale augmentation factor (train --zoom)
+#: Structure paste (train --paste): blobs per pasted patch, blob radius range in voxels, MR bins
+#: over which source voxels are drawn evenly.
+PASTE_BLOBS = (2, 6)
+PASTE_RADIUS = (1.0, 6.0)
+PASTE_BINS = 16
 
 
 @dataclass
@@ -73,6 +78,9 @@ class TrainSettings:
     #: Scale augmentation: each training patch is cut at a scale drawn log-uniformly from
     #: [1/zoom, zoom] and resampled to ``patch`` (1.0: off), so anatomy of every size is seen.
     zoom: float = 1.0
+    #: Structure paste augmentation: the share of training patches that get small blobs of CT and
+    #: MR copied from elsewhere in the same case (:func:`paste_structures`; 0.0: off).
+    paste: float = 0.0
     sampling: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SAMPLING))
 
 
@@ -147,17 +155,22 @@ class PatchSampler:
     With ``zoom`` > 1 each training patch is cut with side ``patch * s``, s log-uniform in
     [1/zoom, zoom], and resampled (trilinear) to ``patch``: the network sees a head or a bladder
     at sizes the training cases do not have (a child's head looks like an adult's at s < 1), as
-    the 2 mm grid keeps every case at its own size in mm. Validation batches are never zoomed."""
+    the 2 mm grid keeps every case at its own size in mm.
+
+    With ``paste`` > 0 that share of training patches gets small structures pasted in from another
+    patch of the same case (:func:`paste_structures`). Validation batches are never augmented."""
 
     def __init__(self, cases: Sequence[PreparedCase | PatchCase], patch: int, seed: int = 0, rank: int = 0,
-                 zoom: float = 1.0) -> None:
+                 zoom: float = 1.0, paste: float = 0.0) -> None:
         if not cases:
             raise DataError("no training cases: the data folder holds no usable case")
         if not 1.0 <= zoom <= MAX_ZOOM:
             raise DataError(f"zoom must be between 1 (off) and {MAX_ZOOM:g}, got {zoom}")
+        if not 0.0 <= paste <= 1.0:
+            raise DataError(f"paste must be a share of patches in [0, 1], got {paste}")
         self.cases: list[PatchCase] = [MemoryCase(c) if isinstance(c, PreparedCase) else c  # type: ignore[misc]
                                        for c in cases]
-        self.patch, self.seed, self.rank, self.zoom = patch, seed, rank, zoom
+        self.patch, self.seed, self.rank, self.zoom, self.paste = patch, seed, rank, zoom, paste
 
     def _corner(self, rng: np.random.Generator, case: PatchCase, size: int) -> tuple[int, int, int]:
         if case.body_voxels and rng.random() < MASK_BIAS:
@@ -181,6 +194,10 @@ class PatchSampler:
             case = self.cases[int(rng.integers(len(self.cases)))]
             side = self._side(rng) if augment else self.patch
             ct, mr = case.read(self._corner(rng, case, side), side)
+            if augment and self.paste and rng.random() < self.paste:  # draws nothing when off
+                source_ct, source_mr = case.read(self._corner(rng, case, side), side)
+                ct, mr = ct.copy(), mr.copy()
+                paste_structures(rng, ct, mr, source_ct, source_mr)
             if side != self.patch:
                 ct, mr = resample_patch(ct, mr, self.patch)
             cts.append(ct)
@@ -190,6 +207,52 @@ class PatchSampler:
     def batch_at(self, iteration: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch of ``iteration`` for this rank."""
         return self.batch(np.random.default_rng([self.seed, self.rank, iteration]), size)
+
+
+def blob_mask(rng: np.random.Generator, radius: tuple[float, float] = PASTE_RADIUS) -> np.ndarray:
+    """A random lobulated blob: the union of two turned ellipsoids, radii log-uniform in
+    ``radius`` voxels and stretched 0.6-1.4 per axis, the second offset by up to one radius.
+    Returned as a boolean cube centred on the blob (odd side)."""
+    size = float(np.exp(rng.uniform(np.log(radius[0]), np.log(radius[1]))))
+    half = int(np.ceil(2.0 * 1.4 * size)) + 1
+    grid = np.stack(np.meshgrid(*[np.arange(-half, half + 1, dtype=np.float32)] * 3, indexing="ij"))
+    mask = np.zeros(grid.shape[1:], bool)
+    for lobe in range(2):
+        turn, _ = np.linalg.qr(rng.standard_normal((3, 3)))
+        radii = size * rng.uniform(0.6, 1.4, 3) * (1.0 if lobe == 0 else rng.uniform(0.5, 0.9))
+        centre = np.zeros(3) if lobe == 0 else rng.uniform(-1.0, 1.0, 3) * size
+        local = np.tensordot(turn.astype(np.float32), grid - centre.astype(np.float32)[:, None, None, None], 1)
+        mask |= ((local / radii.astype(np.float32)[:, None, None, None]) ** 2).sum(0) <= 1.0
+    return mask
+
+
+def paste_structures(rng: np.random.Generator, ct: np.ndarray, mr: np.ndarray,
+                     source_ct: np.ndarray, source_mr: np.ndarray) -> int:
+    """Paste 2-6 small blobs (:func:`blob_mask`, 2-12 mm at 2 mm) of a source patch into a patch,
+    CT channels and MR alike, in place; returns the voxels changed.
+
+    Why: a network trained on whole anatomy learns tissue from its surroundings, and then paints a
+    ventricle or an eye narrower than about 15 mm with the brightness of the white matter around
+    it. A blob of one case's own CT and MR moved elsewhere in that case is still a true pair (the
+    T1w value of a tissue does not depend on what surrounds it), so the network learns to read
+    small structures from their CT. Source voxels are drawn evenly over :data:`PASTE_BINS` bins of
+    the source MR, so rare tissues (fluid, bone, marrow) are pasted as often as common ones."""
+    bins = np.clip(((source_mr + 1.0) * (PASTE_BINS / 2.0)).astype(np.int64), 0, PASTE_BINS - 1).ravel()
+    weight = 1.0 / np.bincount(bins, minlength=PASTE_BINS)[bins]
+    shape = np.array(mr.shape)
+    changed = 0
+    for _ in range(int(rng.integers(PASTE_BLOBS[0], PASTE_BLOBS[1] + 1))):
+        source = np.array(np.unravel_index(int(rng.choice(bins.size, p=weight / weight.sum())), source_mr.shape))
+        target = np.array([int(rng.integers(n)) for n in shape])
+        mask = blob_mask(rng)
+        offsets = np.argwhere(mask) - np.array(mask.shape) // 2
+        src, dst = source + offsets, target + offsets
+        inside = np.all((src >= 0) & (src < shape) & (dst >= 0) & (dst < shape), axis=1)
+        src, dst = src[inside], dst[inside]
+        ct[:, dst[:, 0], dst[:, 1], dst[:, 2]] = source_ct[:, src[:, 0], src[:, 1], src[:, 2]]
+        mr[dst[:, 0], dst[:, 1], dst[:, 2]] = source_mr[src[:, 0], src[:, 1], src[:, 2]]
+        changed += len(dst)
+    return changed
 
 
 def resample_patch(ct: np.ndarray, mr: np.ndarray, patch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -408,7 +471,7 @@ def train(cases: Sequence[PreparedCase | PatchCase], settings: TrainSettings, ru
     ema = copy.deepcopy(network).requires_grad_(False) if settings.ema_decay > 0 else None
     opt = torch.optim.AdamW(network.parameters(), lr=settings.lr, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(distributed.rank_seed(settings.seed, rank))
-    sampler = PatchSampler(cases, settings.patch, settings.seed, rank, settings.zoom)
+    sampler = PatchSampler(cases, settings.patch, settings.seed, rank, settings.zoom, settings.paste)
     objective = Objective(settings.arch, settings.scheduler, settings.sampling)
     val_batches = []
     if rank == 0:

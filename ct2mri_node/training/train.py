@@ -66,6 +66,7 @@ class TrainRequest:
     weights_dtype: str = "float32"     # how the checkpoint stores its weights: float32 or float16
     precision: str = "auto"     # auto (bf16/fp16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     zoom: float = 1.0           # scale augmentation: patches cut at 1/zoom..zoom and resampled (1: off)
+    paste: float = 0.0          # structure paste: share of patches with small blobs moved within the case (0: off)
     workers: int = 2            # DataLoader processes making patches (0: in the training process)
     cache: Path | None = None   # grid cache folder (default <out>/grid-cache)
     init: str | None = None     # start from a trained checkpoint's weights ("bundled" or a folder); fine-tuning
@@ -112,6 +113,8 @@ def validate(request: TrainRequest) -> None:
         raise ConfigError("--workers must not be negative")
     if not 1.0 <= request.zoom <= MAX_ZOOM:
         raise ConfigError(f"--zoom must be between 1 (off) and {MAX_ZOOM:g}, got {request.zoom}")
+    if not 0.0 <= request.paste <= 1.0:
+        raise ConfigError(f"--paste must be a share of patches between 0 (off) and 1, got {request.paste}")
 
 
 def sampling(request: TrainRequest) -> dict[str, object]:
@@ -278,7 +281,7 @@ def run_training(request: TrainRequest, cases: Sequence[PreparedCase] | None = N
             arch=request.arch, network=network(request),
             scheduler=scheduler_config(), iterations=request.iterations, batch_size=request.batch_size,
             patch=request.patch, lr=request.lr, seed=request.seed, val_every=request.val_every,
-            sampling=sampling(request), zoom=request.zoom,
+            sampling=sampling(request), zoom=request.zoom, paste=request.paste,
         )
         init, origin = starting_weights(request, settings, ct_mapping)
         first_here = distributed.local_rank() == 0
