@@ -64,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         help="scale augmentation: each patch is cut at a scale from 1/ZOOM to ZOOM and resampled, "
                              "so the network sees anatomy of other sizes (default 1: off; at most 4)")
     parser.add_argument("--paste", type=float, default=0.0,
-                        help="structure paste: the share of patches (0-1) that get 2-6 small blobs (2-12 mm) of "
+                        help="structure paste: the share of patches (0-1) that get 2-6 small blobs (radius 2-12 mm) of "
                              "CT and MR moved from elsewhere in the same case, so small fluid, fat and bone "
                              "structures are read from their CT, not their surroundings (default 0: off)")
     parser.add_argument("--init", metavar="CHECKPOINT",

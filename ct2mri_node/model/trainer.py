@@ -228,8 +228,8 @@ def blob_mask(rng: np.random.Generator, radius: tuple[float, float] = PASTE_RADI
 
 def paste_structures(rng: np.random.Generator, ct: np.ndarray, mr: np.ndarray,
                      source_ct: np.ndarray, source_mr: np.ndarray) -> int:
-    """Paste 2-6 small blobs (:func:`blob_mask`, 2-12 mm at 2 mm) of a source patch into a patch,
-    CT channels and MR alike, in place; returns the voxels changed.
+    """Paste 2-6 small blobs (:func:`blob_mask`, radius 2-12 mm at 2 mm) of a source patch into a
+    patch, CT channels and MR alike, in place; returns the voxels written.
 
     Why: a network trained on whole anatomy learns tissue from its surroundings, and then paints a
     ventricle or an eye narrower than about 15 mm with the brightness of the white matter around

@@ -1,7 +1,8 @@
 """Structure paste augmentation (`train --paste`): blobs of one case's own CT and MR moved within
 it stay true pairs, sources are drawn evenly over MR intensity (rare tissues as often as common
 ones), batches stay reproducible per iteration, runs without it and validation batches are
-unchanged, and bad values are refused."""
+unchanged, and bad values are refused (a pasted run training and resuming is in
+test_zoom_augmentation)."""
 
 from __future__ import annotations
 
@@ -97,12 +98,3 @@ def test_paste_out_of_range_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--paste"):
         run_training(request, tiny_prepared_cases())
 
-
-def test_a_pasted_run_trains_and_resumes(tmp_path: Path) -> None:
-    request = TrainRequest(data=tmp_path, out=tmp_path / "run", iterations=3, batch_size=2, patch=8,
-                           base_channels=2, val_every=2, paste=0.5, command="test --paste 0.5")
-    _, first = run_training(request, tiny_prepared_cases())
-    assert first.iterations == 3 and np.isfinite(first.last_loss)
-    again = TrainRequest(**{**request.__dict__, "iterations": 4})
-    _, second = run_training(again, tiny_prepared_cases())
-    assert second.resumed_from == 3 and second.iterations == 4

@@ -75,9 +75,11 @@ def test_zoom_out_of_range_is_refused(tmp_path: Path) -> None:
         run_training(request, tiny_prepared_cases())
 
 
-def test_a_zoomed_run_trains_and_resumes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("option, value", [("zoom", 1.5), ("paste", 0.5)])
+def test_an_augmented_run_trains_and_resumes(tmp_path: Path, option: str, value: float) -> None:
+    """Either augmentation (--zoom here, --paste of test_paste_augmentation) trains and resumes."""
     request = TrainRequest(data=tmp_path, out=tmp_path / "run", iterations=3, batch_size=2, patch=8,
-                           base_channels=2, val_every=2, zoom=1.5, command="test --zoom 1.5")
+                           base_channels=2, val_every=2, command=f"test --{option} {value}", **{option: value})
     _, first = run_training(request, tiny_prepared_cases())
     assert first.iterations == 3 and np.isfinite(first.last_loss)
     again = TrainRequest(**{**request.__dict__, "iterations": 4})
