@@ -2,14 +2,17 @@
 evaluation families' heads (and the muscle of their pelves); does the synthetic MR keep them dark?
 
     python benchmarks/small_structures.py --checkpoint ct2mri_node/model/bundled [--checkpoint runs/X] \
-        [--cases 1] [--threads 2] [--json out.json]
+        [--cases 1] [--threads 2] [--json out.json] [--hu 8] [--noise-hu 5]
 
 Per case and radius it prints the ball's core over its host tissue in the synthetic MR (1.0: the ball
 is invisible), beside the same ratio of the case's own fluid (CSF or urine interior) to that tissue
 in the true MR: the value a model that reads fluid from its CT gives at every size. Cases come from
 the evaluation-only families (``independent`` seeds 5000+, ``heldout`` seeds 9000+), as in
 benchmarks/ablation.py; the balls are placed by seed 0, so two checkpoints see the same volumes.
-See ct2mri_node/training/size_response.py for why.
+See ct2mri_node/training/size_response.py for why. ``--hu`` paints balls of another material (fat
+-100, bone 700) and ``--noise-hu 0`` noise-free ones, to tell "cannot see small structures" from
+"cannot see small fluid" and from "takes small dips for noise"; the true-ratio column is the
+fluid's whatever ``--hu`` is.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=1, help="cases per family and kind (default 1)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--json")
+    parser.add_argument("--hu", type=float, help="CT value of the balls (default: fluid, 8 HU)")
+    parser.add_argument("--noise-hu", type=float, help="CT noise painted with them (default 5 HU)")
     args = parser.parse_args(argv)
     import torch
 
@@ -54,7 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     from ct2mri_node.model.translator import TranslationSettings, Translator
     from ct2mri_node.training.families import family
-    from ct2mri_node.training.size_response import fluid_spheres, response
+    from ct2mri_node.training.size_response import FLUID_HU, FLUID_NOISE_HU, fluid_spheres, response
+
+    hu = FLUID_HU if args.hu is None else args.hu
+    noise_hu = FLUID_NOISE_HU if args.noise_hu is None else args.noise_hu
+    if not -1024.0 <= hu <= 3071.0 or noise_hu < 0:
+        parser.error(f"--hu must be in -1024..3071 and --noise-hu >= 0 (got {hu}, {noise_hu})")
 
     translators = {Path(c).name: Translator(c, TranslationSettings()) for c in args.checkpoint}
     rows: list[dict[str, Any]] = []
@@ -67,12 +77,14 @@ def main(argv: list[str] | None = None) -> int:
                 host_name, fluid = HOSTS[kind]
                 ids = [v for v, n in case.label_names.items() if n == host_name]
                 host = case.labels == ids[0]
-                ct, spheres = fluid_spheres(case.ct, host, case.spacing, RADII_MM, np.random.default_rng(0))
+                ct, spheres = fluid_spheres(case.ct, host, case.spacing, RADII_MM, np.random.default_rng(0),
+                                            hu=hu, noise_hu=noise_hu)
                 truth = true_ratio(case, host, fluid)
                 for model, translator in translators.items():
                     synthetic = translator.translate(ct, case.spacing).mr.astype(np.float32)
                     ratios = response(synthetic, spheres, host)
-                    rows.append({"case": case.name, "model": model, "host": host_name, "ratios": ratios,
+                    rows.append({"case": case.name, "model": model, "host": host_name, "ball_hu": hu,
+                                 "ball_noise_hu": noise_hu, "ratios": ratios,
                                  "true_fluid_over_host": truth})
                     cells = " ".join(f"{ratios[r]:7.2f}" if r in ratios else "      -" for r in RADII_MM)
                     print(f"{case.name:28} {model:14} {cells}   {truth if truth is None else round(truth, 2)}",

@@ -58,3 +58,23 @@ def test_ratio_is_one_when_ignored_and_the_contrast_when_read() -> None:
     assert all(abs(r - 0.2) < 0.02 for r in ratios.values())
     with pytest.raises(DataError, match="black"):
         response(np.zeros(ct.shape, np.float32), spheres, host)
+
+
+def test_balls_of_another_material_without_noise_are_exact() -> None:
+    """--hu/--noise-hu of benchmarks/small_structures.py: fat (or bone) balls, noise-free."""
+    ct, host = brain()
+    out, spheres = fluid_spheres(ct, host, (2.0, 2.0, 2.0), (3.0, 7.0), np.random.default_rng(0), hu=-100.0,
+                                 noise_hu=0.0)
+    for sphere in spheres:
+        assert np.all(out[sphere.ball] == -100.0)
+
+
+def test_benchmark_refuses_a_ball_value_outside_the_ct_range() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "small_structures.py"
+    done = subprocess.run([sys.executable, str(script), "--checkpoint", "bundled", "--hu", "5000"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--hu must be in -1024..3071" in done.stderr
