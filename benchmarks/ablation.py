@@ -27,6 +27,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ct2mri_node.training.families import EVALUATION_SEEDS
+
 ARMS: dict[str, dict[str, str]] = {
     "v02-design": {"arch": "enhanced", "ct_input": "linear", "norm": "group", "mr_norm": "percentile"},
     "windows": {"arch": "enhanced", "ct_input": "windows", "norm": "group", "mr_norm": "percentile"},
@@ -35,7 +37,6 @@ ARMS: dict[str, dict[str, str]] = {
     "unet": {"arch": "unet", "ct_input": "windows", "norm": "batch", "mr_norm": "fat"},
     "ddpm": {"arch": "ddpm", "ct_input": "windows", "norm": "batch", "mr_norm": "fat"},
 }
-FAMILY_SEEDS: dict[str, int] = {"independent": 5000, "heldout": 9000}
 
 
 def train_arm(args: argparse.Namespace) -> int:
@@ -76,7 +77,7 @@ def evaluate_checkpoints(args: argparse.Namespace) -> int:
     for checkpoint in args.checkpoint:
         translator = Translator(checkpoint, TranslationSettings(device=args.device, steps=args.steps, t0=args.t0))
         rows = []
-        for name, first_seed in FAMILY_SEEDS.items():
+        for name, first_seed in EVALUATION_SEEDS.items():
             module = family(name)
             for index in range(args.cases):
                 for kind in module.KINDS:
@@ -107,7 +108,7 @@ def _num(value: float | None) -> str:
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Per family: cases passing every T1w check, mean and lowest r, lowest uniformity, highest seam ratio."""
     out: dict[str, Any] = {}
-    for name in FAMILY_SEEDS:
+    for name in EVALUATION_SEEDS:
         mine = [r for r in rows if r["family"] == name]
         if not mine:
             continue
@@ -154,7 +155,7 @@ def record_in_card(args: argparse.Namespace) -> int:
     evaluation = {}
     for name, s in summarise(entry["cases"]).items():
         evaluation[name] = {
-            "data": f"{s['cases']} cases of the {name} family (evaluation only), seeds {FAMILY_SEEDS[name]}+, "
+            "data": f"{s['cases']} cases of the {name} family (evaluation only), seeds {EVALUATION_SEEDS[name]}+, "
                     "generated in memory by benchmarks/ablation.py evaluate",
             "t1w_all_held": f"{s['all_t1w']}/{s['cases']}", "correlation_mean": round(s["r_mean"], 4),
             "correlation_min": round(s["r_min"], 4), "uniformity_min": s["uniformity_min"],

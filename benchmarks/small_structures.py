@@ -25,7 +25,9 @@ from typing import Any
 
 import numpy as np
 
-FAMILY_SEEDS: dict[str, int] = {"independent": 5000, "heldout": 9000}
+from ct2mri_node.training.families import EVALUATION_SEEDS
+from ct2mri_node.training.size_response import FLUID_HU, FLUID_NOISE_HU
+
 HOSTS: dict[str, tuple[str, str]] = {"small_head": ("white_matter", "csf"), "adult_head": ("white_matter", "csf"),
                                      "pelvis": ("muscle", "urine")}
 RADII_MM: tuple[float, ...] = (3.0, 5.0, 7.0, 10.0, 14.0)
@@ -50,26 +52,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=1, help="cases per family and kind (default 1)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--json")
-    parser.add_argument("--hu", type=float, help="CT value of the balls (default: fluid, 8 HU)")
-    parser.add_argument("--noise-hu", type=float, help="CT noise painted with them (default 5 HU)")
+    parser.add_argument("--hu", type=float, default=FLUID_HU,
+                        help=f"CT value of the balls (default: fluid, {FLUID_HU:g} HU)")
+    parser.add_argument("--noise-hu", type=float, default=FLUID_NOISE_HU,
+                        help=f"CT noise painted with them (default {FLUID_NOISE_HU:g} HU)")
     args = parser.parse_args(argv)
+    if not -1024.0 <= args.hu <= 3071.0 or args.noise_hu < 0:
+        parser.error(f"--hu must be in -1024..3071 and --noise-hu >= 0 (got {args.hu}, {args.noise_hu})")
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
     from ct2mri_node.model.translator import TranslationSettings, Translator
     from ct2mri_node.training.families import family
-    from ct2mri_node.training.size_response import FLUID_HU, FLUID_NOISE_HU, fluid_spheres, response
-
-    hu = FLUID_HU if args.hu is None else args.hu
-    noise_hu = FLUID_NOISE_HU if args.noise_hu is None else args.noise_hu
-    if not -1024.0 <= hu <= 3071.0 or noise_hu < 0:
-        parser.error(f"--hu must be in -1024..3071 and --noise-hu >= 0 (got {hu}, {noise_hu})")
+    from ct2mri_node.training.size_response import fluid_spheres, response
 
     translators = {Path(c).name: Translator(c, TranslationSettings()) for c in args.checkpoint}
     rows: list[dict[str, Any]] = []
     print(f"{'case':28} {'model':14} " + " ".join(f"r{r:>4.0f}mm" for r in RADII_MM) + "   true fluid/host")
-    for name, first in FAMILY_SEEDS.items():
+    for name, first in EVALUATION_SEEDS.items():
         module = family(name)
         for index in range(args.cases):
             for kind in module.KINDS:
@@ -78,13 +79,13 @@ def main(argv: list[str] | None = None) -> int:
                 ids = [v for v, n in case.label_names.items() if n == host_name]
                 host = case.labels == ids[0]
                 ct, spheres = fluid_spheres(case.ct, host, case.spacing, RADII_MM, np.random.default_rng(0),
-                                            hu=hu, noise_hu=noise_hu)
+                                            hu=args.hu, noise_hu=args.noise_hu)
                 truth = true_ratio(case, host, fluid)
                 for model, translator in translators.items():
                     synthetic = translator.translate(ct, case.spacing).mr.astype(np.float32)
                     ratios = response(synthetic, spheres, host)
-                    rows.append({"case": case.name, "model": model, "host": host_name, "ball_hu": hu,
-                                 "ball_noise_hu": noise_hu, "ratios": ratios,
+                    rows.append({"case": case.name, "model": model, "host": host_name, "ball_hu": args.hu,
+                                 "ball_noise_hu": args.noise_hu, "ratios": ratios,
                                  "true_fluid_over_host": truth})
                     cells = " ".join(f"{ratios[r]:7.2f}" if r in ratios else "      -" for r in RADII_MM)
                     print(f"{case.name:28} {model:14} {cells}   {truth if truth is None else round(truth, 2)}",

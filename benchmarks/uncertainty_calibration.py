@@ -52,8 +52,8 @@ from typing import Any
 
 import numpy as np
 
-#: First case seed per evaluation family (the same as benchmarks/ablation.py evaluate).
-FAMILY_SEEDS: dict[str, int] = {"independent": 5000, "heldout": 9000}
+from ct2mri_node.training.families import EVALUATION_SEEDS
+
 COLUMNS = (f"{'case':<28} {'voxels':>8} {'spearman':>8} {'in 1SD':>7} {'in 2SD':>7} {'top10':>6} "
            f"{'med|e|/SD':>9} {'mean SD':>8} {'MAE':>6} {'SD=0':>6} {'s':>6}")
 
@@ -74,7 +74,7 @@ def generated_cases(families: list[str], cases: int, seed: int | None,
         unknown = sorted(set(kinds or ()) - set(module.KINDS))
         if unknown:
             raise SystemExit(f"family {name} has no kind {', '.join(unknown)}; choose from {', '.join(module.KINDS)}")
-        first = FAMILY_SEEDS[name] if seed is None else seed
+        first = EVALUATION_SEEDS[name] if seed is None else seed
         for index in range(cases):
             for kind in (k for k in module.KINDS if not kinds or k in kinds):
                 yield name, module.generate_case(kind, first + index, name=f"{name}_{index}_{kind}")
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--data", default=None,
                         help="folder of case folders (default data/heldout when no --family is given)")
-    source.add_argument("--family", action="append", choices=tuple(FAMILY_SEEDS),
+    source.add_argument("--family", action="append", choices=tuple(EVALUATION_SEEDS),
                         help="generate the evaluation-only cases of this family in memory (may repeat)")
     parser.add_argument("--cases", type=int, default=2, help="with --family: cases per kind (default 2)")
     parser.add_argument("--seed", type=int, default=None,

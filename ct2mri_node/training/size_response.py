@@ -1,7 +1,7 @@
 """Size response: does a model read a small structure from its CT, or paint its surroundings over it?
 
 Why: model 0.3.2 passed the per-tissue checks on the independent family, whose ventricles are large,
-and failed them on the held-out heads, whose ventricles are 10-13 mm wide. Painting fluid balls into
+and failed them on the held-out heads, whose ventricles are 7-13 mm wide. Painting fluid balls into
 a case's white matter shows why: a ball of CSF (8 HU) of radius 10 mm comes out at 0.4 of the white
 matter around it, one of 5 mm radius at 1.1 (brighter than the white matter: invisible), while the
 true T1w ratio is about 0.2 at every size. This module makes that probe repeatable, numpy only:
